@@ -1,0 +1,30 @@
+# `make run` and `make test` each set up everything they need (a .venv, and for the tests the Debian packages
+# prometheus, prometheus-alertmanager and chromium), then run.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed
+
+.PHONY: run test bench lint system-deps clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed")'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	@touch $@
+
+run: $(STAMP)
+	$(VENV)/bin/exporter serve
+
+system-deps:
+	@scripts/system-deps.sh
+
+test: $(STAMP) system-deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf $(VENV) .exporter .pytest_cache

@@ -1,0 +1,196 @@
+"""FastAPI app factory: routes only; state lives on ``app.state`` (service, registry, scheduler)."""
+
+import gzip
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Body, FastAPI, HTTPException, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_fastapi_instrumentator import Instrumentator, metrics
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from exporter import __version__
+from exporter.config import Settings
+from exporter.metrics import build_registry
+from exporter.report import placeholder_page
+from exporter.scheduler import DriftScheduler
+from exporter.schema import BatchPredictionResponse, Label, PredictionResponse, batch_model, record_model
+from exporter.service import Service
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
+
+
+def _json_safe(value: Any) -> Any:
+    try:
+        json.dumps(value, allow_nan=False)
+        return value
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming each bad field; inputs that JSON cannot carry (NaN, Infinity) are echoed as text."""
+    detail = []
+    for err in exc.errors():
+        item = {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
+        if "input" in err:
+            item["input"] = _json_safe(jsonable_encoder(err["input"], custom_encoder={float: lambda f: f}))
+        detail.append(item)
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+class FeedbackAccepted(BaseModel):
+    accepted: int
+
+
+def create_app(settings: Settings, *, start_scheduler: bool = True) -> FastAPI:
+    service = Service(settings)
+    registry = build_registry(service)
+    scheduler = DriftScheduler(service, settings.drift.interval_seconds)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service.start()
+        if start_scheduler:
+            scheduler.start()
+        try:
+            yield
+        finally:
+            scheduler.stop()
+            service.stop()
+
+    app = FastAPI(
+        title="Model drift exporter",
+        version=__version__,
+        description=f"Serves model {settings.model.name!r} v{settings.model.version} and exports its drift.",
+        lifespan=lifespan,
+    )
+    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
+    app.state.service = service
+    app.state.registry = registry
+    app.state.scheduler = scheduler
+
+    Instrumentator(
+        should_group_status_codes=True,
+        excluded_handlers=["/metrics"],
+        registry=registry,
+    ).add(
+        metrics.default(latency_lowr_buckets=LATENCY_BUCKETS, registry=registry)
+    ).instrument(app)
+
+    Record = record_model(settings.features)
+    Batch = batch_model(Record, settings.max_batch_records)
+    label_type: Any = float if settings.model.task == "regression" else Label
+    Feedback = create_model(
+        "Feedback",
+        __config__=ConfigDict(extra="forbid"),
+        request_id=(str, Field(min_length=1, max_length=64)),
+        label=(label_type, ...),
+    )
+    FeedbackBatch = create_model(
+        "FeedbackBatch",
+        __config__=ConfigDict(extra="forbid"),
+        labels=(list[Feedback], Field(min_length=1, max_length=settings.max_batch_records)),  # type: ignore[valid-type]
+    )
+    classes = {str(c) for c in service.model.classes}
+
+    def _predict(records: list[BaseModel]) -> list[dict[str, Any]]:
+        return service.predict([r.model_dump() for r in records])
+
+    @app.post("/predict", response_model=PredictionResponse, response_model_exclude_none=True, tags=["model"])
+    def predict(record: Annotated[Record, Body()]) -> Any:  # type: ignore[valid-type]
+        """Predict one record; the prediction is logged for drift monitoring."""
+        return _predict([record])[0]
+
+    @app.post("/predict/batch", response_model=BatchPredictionResponse, response_model_exclude_none=True, tags=["model"])
+    def predict_batch(batch: Batch) -> Any:  # type: ignore[valid-type]
+        """Predict up to ``max_batch_records`` records at once."""
+        return {"predictions": _predict(batch.records)}  # type: ignore[attr-defined]
+
+    def _feedback(items: list[Any]) -> FeedbackAccepted:
+        if classes:
+            wrong = [f.label for f in items if str(f.label) not in classes]
+            if wrong:
+                raise HTTPException(422, f"label(s) {wrong[:5]} not among the model's classes {sorted(classes)}")
+        unknown, current = service.unknown_request_ids([f.request_id for f in items])
+        if unknown:
+            raise HTTPException(404, f"unknown request_id(s): {', '.join(unknown[:20])}")
+        if not service.add_feedback([(f.request_id, f.label) for f in items], current):
+            raise HTTPException(503, "prediction log queue is full; retry later")
+        return FeedbackAccepted(accepted=len(items))
+
+    @app.post("/feedback", status_code=202, response_model=FeedbackAccepted, tags=["feedback"])
+    def feedback(item: Feedback) -> Any:  # type: ignore[valid-type]
+        """Attach the true label to a logged prediction (idempotent; a different label replaces it)."""
+        return _feedback([item])
+
+    @app.post("/feedback/batch", status_code=202, response_model=FeedbackAccepted, tags=["feedback"])
+    def feedback_batch(batch: FeedbackBatch) -> Any:  # type: ignore[valid-type]
+        """Attach labels to several predictions; all-or-nothing when a request_id is unknown."""
+        return _feedback(batch.labels)  # type: ignore[attr-defined]
+
+    @app.get("/metrics", tags=["monitoring"])
+    def prometheus_metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/drift", tags=["monitoring"])
+    def drift() -> JSONResponse:
+        """The latest drift result (per feature: type, stat test, score, threshold, detected; share; window)."""
+        result = service.drift_result
+        body: dict[str, Any] = {
+            "model": {"name": settings.model.name, "version": settings.model.version},
+            "job": {
+                "runs": service.job_stats.runs,
+                "failures": service.job_stats.failures,
+                "last_success": service.job_stats.last_success or None,
+                "last_error": service.job_stats.last_error,
+            },
+            "result": None if result is None else result.to_dict(),
+            "quality": None
+            if service.quality_result is None
+            else {"rows": service.quality_result.rows, "metrics": service.quality_result.metrics},
+            "quality_reference": service.quality_reference or None,
+        }
+        return JSONResponse(body)
+
+    @app.get("/monitoring", response_class=HTMLResponse, tags=["monitoring"])
+    def monitoring(request: Request) -> Response:
+        """Evidently's HTML drift report of the latest window, built by the drift job."""
+        report = service.report
+        if report is None:
+            result = service.drift_result
+            if result is None:
+                reason = "The drift job has not run yet."
+            elif result.skipped_reason:
+                reason = f"The last run skipped drift: {result.skipped_reason}."
+            else:
+                reason = "The report of the last run is not ready yet."
+            return HTMLResponse(placeholder_page(reason))
+        headers = {"Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
+        if "gzip" in request.headers.get("accept-encoding", "").lower():
+            headers["Content-Encoding"] = "gzip"
+            return Response(report.gzipped, media_type="text/html; charset=utf-8", headers=headers)
+        return Response(gzip.decompress(report.gzipped), media_type="text/html; charset=utf-8", headers=headers)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> JSONResponse:
+        """Readiness: model and reference loaded, database reachable."""
+        checks = await run_in_threadpool(service.readiness)
+        ok = all(checks.values())
+        return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
+
+    return app

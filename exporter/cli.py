@@ -1,0 +1,229 @@
+"""The ``exporter`` command: serve, demo, simulate, drift."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from exporter import __version__
+
+CONFIG_ENV = "EXPORTER_CONFIG"
+
+
+def _resolve_config(config: str | None) -> Path:
+    """The given config, or the demo's (trained into the data dir on first use)."""
+    if config:
+        return Path(config)
+    from exporter.config import data_dir
+    from exporter.demo import ensure_demo
+
+    return ensure_demo(data_dir())
+
+
+def app_factory() -> Any:
+    """Entry point for uvicorn (``factory=True``), reading the config path from ``EXPORTER_CONFIG``."""
+    from exporter.app import create_app
+    from exporter.config import load_settings
+
+    return create_app(load_settings(os.environ[CONFIG_ENV]))
+
+
+def _fail(message: str) -> int:
+    print(f"exporter: error: {message}", file=sys.stderr)
+    return 2
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from exporter.app import create_app
+    from exporter.config import ConfigError, load_settings
+    from exporter.service import StartupError
+
+    path = _resolve_config(args.config)
+    try:
+        settings = load_settings(path)
+        if args.workers == 1:
+            app = create_app(settings)
+    except (ConfigError, StartupError) as exc:
+        return _fail(str(exc))
+    logging.getLogger("exporter").info("serving %s with config %s", settings.model.name, path)
+    if args.workers == 1:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=30)
+    else:
+        os.environ[CONFIG_ENV] = str(path.resolve())
+        uvicorn.run(
+            "exporter.cli:app_factory", factory=True, host=args.host, port=args.port, workers=args.workers,
+            log_level=args.log_level, timeout_graceful_shutdown=30,
+        )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from exporter.demo import write_demo
+
+    config = write_demo(Path(args.out))
+    print(f"wrote {config.parent}/model.joblib, reference.csv and config.yaml")
+    print(f"serve it with: exporter serve --config {config}")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    import httpx
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from exporter.demo import Traffic
+
+    try:
+        traffic = Traffic(args.scenario, seed=args.seed)
+    except ValueError as exc:
+        return _fail(str(exc))
+    url = args.url.rstrip("/")
+    sent = failed = labelled = 0
+    interval = 1.0 / args.rate if args.rate > 0 else 0.0
+    batch = max(1, args.batch_size)
+    started = time.monotonic()
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with httpx.Client(timeout=10.0, headers=_auth_headers(args.token)) as client, Progress(*columns) as progress:
+        task = progress.add_task(f"{args.scenario} → {url}", total=args.rows)
+        while sent + failed < args.rows:
+            n = min(batch, args.rows - sent - failed)
+            records, truth = traffic.records(n)
+            try:
+                if n == 1:
+                    resp = client.post(f"{url}/predict", json=records[0])
+                    answers = [resp.json()] if resp.status_code == 200 else []
+                else:
+                    resp = client.post(f"{url}/predict/batch", json={"records": records})
+                    answers = resp.json()["predictions"] if resp.status_code == 200 else []
+            except httpx.HTTPError as exc:
+                progress.console.print(f"[red]request failed: {exc}")
+                answers, resp = [], None
+            if answers:
+                sent += n
+                if args.labels:
+                    labelled += _send_labels(client, url, answers, truth, args.label_error_rate, traffic)
+            else:
+                failed += n
+                if resp is not None:
+                    progress.console.print(f"[red]HTTP {resp.status_code}: {resp.text[:200]}")
+            progress.advance(task, n)
+            # bounded rate: sleep until the schedule of rows sent so far
+            ahead = started + (sent + failed) * interval - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+    print(f"sent {sent} rows, {failed} failed, {labelled} labelled")
+    return 0 if failed == 0 else 1
+
+
+def _auth_headers(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _send_labels(client: Any, url: str, answers: list[dict[str, Any]], truth: list[str], error_rate: float,
+                 traffic: Any) -> int:
+    classes = sorted(set(truth) | {a["prediction"] for a in answers})
+    labels = []
+    for answer, label in zip(answers, truth, strict=True):
+        if traffic.rng.random() < error_rate:
+            label = str(traffic.rng.choice([c for c in classes if c != label] or [label]))
+        labels.append({"request_id": answer["request_id"], "label": label})
+    resp = client.post(f"{url}/feedback/batch", json={"labels": labels})
+    return len(labels) if resp.status_code == 202 else 0
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from exporter.config import ConfigError, load_settings
+    from exporter.service import Service, StartupError
+
+    try:
+        service = Service(load_settings(_resolve_config(args.config)))
+    except (ConfigError, StartupError) as exc:
+        return _fail(str(exc))
+    cfg = service.settings.drift
+    service.settings.drift.report = False
+    service.run_drift_job()
+    console = Console()
+    result = service.drift_result
+    if result is None:
+        return _fail(f"drift failed: {service.job_stats.last_error}")
+    if result.skipped_reason:
+        console.print(f"window: {result.window_rows} rows; drift skipped: {result.skipped_reason}")
+        return 0
+    table = Table(title=f"Drift of the last {result.window_rows} predictions (window_size={cfg.window_size})")
+    for col in ("feature", "type", "stat test", "score", "threshold", "drift", "missing", "unseen"):
+        table.add_column(col, justify="right" if col in ("score", "threshold", "missing", "unseen") else "left")
+    for f in result.features.values():
+        table.add_row(
+            f.feature, f.feature_type, f.stat_test_display or "-",
+            "-" if f.score is None else f"{f.score:.4g}", "-" if f.threshold is None else f"{f.threshold:.4g}",
+            f"[red]yes" if f.detected else ("[green]no" if f.detected is False else f"[yellow]{f.error}"),
+            f"{f.missing_share:.1%}", f"{f.unseen_share:.1%}",
+        )
+    console.print(table)
+    share = result.drift_share or 0.0
+    console.print(
+        f"dataset drift: {'[red]yes' if result.dataset_drift else '[green]no'}[/] "
+        f"({result.drifted_features} of {len(result.evaluated)} features, {share:.0%}; threshold {cfg.drift_share:.0%})"
+    )
+    if result.prediction is not None:
+        p = result.prediction
+        console.print(f"prediction drift: {p.stat_test_display} {p.score:.4g} (threshold {p.threshold:.4g}) "
+                      f"{'[red]drifted' if p.detected else '[green]stable'}")
+    service.store.dispose()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="exporter", description="Serve a scikit-learn model and export its drift.")
+    parser.add_argument("--version", action="version", version=f"exporter {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve the prediction API with the drift job and /metrics")
+    serve.add_argument("--config", help="config YAML (default: the bundled demo, set up in $EXPORTER_DATA_DIR)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser("demo", help="write the demo model, reference data and a commented config.yaml")
+    demo.add_argument("--out", required=True, help="folder to write into")
+    demo.set_defaults(func=cmd_demo)
+
+    sim = sub.add_parser("simulate", help="send demo traffic to a running service")
+    sim.add_argument("--url", default="http://127.0.0.1:8000")
+    sim.add_argument("--rows", type=int, default=1000)
+    sim.add_argument("--rate", type=float, default=50.0, help="rows per second at most (0: as fast as possible)")
+    sim.add_argument("--scenario", default="none", help="none, shift, categories or missing")
+    sim.add_argument("--batch-size", type=int, default=1, help="rows per request (above 1 uses /predict/batch)")
+    sim.add_argument("--labels", action="store_true", help="also send the true labels to /feedback/batch")
+    sim.add_argument("--label-error-rate", type=float, default=0.0, help="share of labels sent wrong on purpose")
+    sim.add_argument("--seed", type=int, default=None)
+    sim.add_argument("--token", default=os.environ.get("EXPORTER_TOKEN"), help="bearer token, if the API needs one")
+    sim.set_defaults(func=cmd_simulate)
+
+    drift = sub.add_parser("drift", help="compute drift over the current window once and print it")
+    drift.add_argument("--config", help="config YAML (default: the bundled demo)")
+    drift.set_defaults(func=cmd_drift)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "apscheduler.executors.default"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

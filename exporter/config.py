@@ -1,0 +1,172 @@
+"""Settings: one YAML file plus ``EXPORTER_*`` environment overrides (nested keys joined by ``__``).
+
+Relative paths in the YAML file (model, reference, an SQLite database) are resolved against the file's folder,
+so a config folder can be moved as a whole.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+from sqlalchemy.engine import make_url
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSection(_Section):
+    path: Path
+    name: str = "model"
+    version: str = "1"
+    task: Literal["classification", "regression"] = "classification"
+
+
+class ReferenceSection(_Section):
+    path: Path
+    prediction_column: str | None = Field(
+        default=None,
+        description="Column of the reference holding the model's predictions; computed with the model when absent.",
+    )
+
+
+class FeaturesSection(_Section):
+    numerical: list[str] = Field(default_factory=list)
+    categorical: list[str] = Field(default_factory=list)
+    nullable: list[str] = Field(default_factory=list, description="Features that may be null or absent at /predict.")
+
+    @model_validator(mode="after")
+    def _check(self) -> FeaturesSection:
+        names = self.numerical + self.categorical
+        if not names:
+            raise ValueError("features: configure at least one numerical or categorical feature")
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"features: listed more than once: {', '.join(dupes)}")
+        unknown = sorted(set(self.nullable) - set(names))
+        if unknown:
+            raise ValueError(f"features.nullable names unknown features: {', '.join(unknown)}")
+        return self
+
+    @property
+    def all(self) -> list[str]:
+        return self.numerical + self.categorical
+
+
+class FeatureDriftSection(_Section):
+    method: str | None = None
+    threshold: float | None = None
+
+
+class DriftSection(_Section):
+    window_size: int = Field(default=3000, ge=1)
+    window_seconds: float | None = Field(default=None, gt=0)
+    min_rows: int = Field(default=100, ge=1)
+    interval_seconds: float = Field(default=60.0, gt=0)
+    drift_share: float = Field(default=0.5, gt=0, le=1)
+    per_feature: dict[str, FeatureDriftSection] = Field(default_factory=dict)
+    prediction: FeatureDriftSection = Field(default_factory=FeatureDriftSection)
+    report: bool = Field(default=True, description="Build the Evidently HTML report served at /monitoring.")
+
+
+class PredictionLogSection(_Section):
+    queue_size: int = Field(default=100_000, ge=1, description="Rows buffered in memory; beyond this rows are dropped and counted.")
+    batch_size: int = Field(default=500, ge=1)
+    flush_interval_seconds: float = Field(default=0.5, gt=0)
+    shutdown_timeout_seconds: float = Field(default=30.0, gt=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EXPORTER_", env_nested_delimiter="__", extra="forbid")
+
+    model: ModelSection
+    reference: ReferenceSection
+    features: FeaturesSection
+    target: str | None = None
+    database_url: str = "sqlite:///./.exporter/predictions.db"
+    drift: DriftSection = Field(default_factory=DriftSection)
+    prediction_log: PredictionLogSection = Field(default_factory=PredictionLogSection)
+    max_batch_records: int = Field(default=1000, ge=1)
+    config_dir: Path = Field(default_factory=Path.cwd, exclude=True)
+
+    @field_validator("database_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        make_url(value)  # raises a clear ArgumentError on a malformed URL
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        names = set(self.features.all)
+        unknown = sorted(set(self.drift.per_feature) - names)
+        if unknown:
+            raise ValueError(f"drift.per_feature names unknown features: {', '.join(unknown)}")
+        if self.target in names:
+            raise ValueError(f"target {self.target!r} is also listed as a feature")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Precedence: explicit arguments, then EXPORTER_* variables, then the YAML file.
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if settings_cls.model_config.get("yaml_file") is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls))
+        return tuple(sources)
+
+    def resolve(self, path: Path) -> Path:
+        """A path from the config, relative to the config file's folder."""
+        return path if path.is_absolute() else (self.config_dir / path)
+
+    @property
+    def resolved_database_url(self) -> str:
+        url = make_url(self.database_url)
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+            db = Path(url.database)
+            if not db.is_absolute():
+                url = url.set(database=str(self.config_dir / db))
+        return url.render_as_string(hide_password=False)
+
+
+class ConfigError(Exception):
+    """A configuration problem, with a message meant for the person who wrote the file."""
+
+
+def load_settings(path: Path | str, **overrides: Any) -> Settings:
+    """Read a YAML config (with env overrides); raise ConfigError naming the file and the problem."""
+    from pydantic import ValidationError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+
+    file_settings = type("FileSettings", (Settings,), {"model_config": {**Settings.model_config, "yaml_file": path}})
+    try:
+        return file_settings(config_dir=path.resolve().parent, **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{path}: invalid config: {problems}") from exc
+    except Exception as exc:  # YAML syntax errors and the like
+        raise ConfigError(f"{path}: cannot read config: {exc}") from exc
+
+
+def data_dir() -> Path:
+    """Where the demo keeps its model, reference and prediction log when no config is given."""
+    return Path(os.environ.get("EXPORTER_DATA_DIR", ".exporter"))

@@ -1,0 +1,160 @@
+"""The bundled demo: Palmer penguins (shipped by the ``palmerpenguins`` package, no network), a scikit-learn
+pipeline trained on it, and traffic scenarios that keep or break the training distribution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.linear_model import LogisticRegression
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+NUMERICAL = ["bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g"]
+CATEGORICAL = ["island", "sex"]
+NULLABLE = ["bill_depth_mm", "sex"]
+TARGET = "species"
+SCENARIOS = ("none", "shift", "categories", "missing")
+
+CONFIG_TEMPLATE = """\
+# Model drift exporter configuration (written by `exporter demo`).
+# Every key can be overridden by an environment variable EXPORTER_<KEY>, nested keys joined by "__",
+# e.g. EXPORTER_DRIFT__INTERVAL_SECONDS=10. Relative paths are relative to this file's folder.
+
+model:
+  path: model.joblib          # any scikit-learn estimator or pipeline saved with joblib
+  name: penguins
+  version: "1"
+  task: classification        # or: regression
+
+reference:
+  path: reference.csv         # the training rows (CSV or Parquet): features and target
+  # prediction_column: prediction   # optional; computed with the model when absent
+
+features:
+  numerical: [bill_length_mm, bill_depth_mm, flipper_length_mm, body_mass_g]
+  categorical: [island, sex]
+  nullable: [bill_depth_mm, sex]   # may be null or absent at /predict; the others are required
+
+target: species               # label column of the reference; /feedback labels are compared with it
+
+database_url: sqlite:///predictions.db   # or postgresql+psycopg://user:pass@host:5432/db (several workers)
+
+drift:
+  window_size: 3000           # the last N predictions
+  window_seconds: null        # optionally only predictions newer than this
+  min_rows: 100               # fewer rows in the window: publish its size, skip drift
+  interval_seconds: 60
+  drift_share: 0.5            # the dataset drifts when this share of features drifts
+  per_feature: {}             # e.g. {body_mass_g: {method: psi, threshold: 0.2}}; default: Evidently's choice
+  report: true                # build the HTML report served at /monitoring
+
+prediction_log:
+  queue_size: 100000          # rows buffered in memory while the database is slow or down
+  batch_size: 500
+  flush_interval_seconds: 0.5
+
+max_batch_records: 1000       # records accepted by one /predict/batch call
+"""
+
+
+def load_dataset() -> pd.DataFrame:
+    """Penguins rows with every feature and the species present."""
+    import palmerpenguins
+
+    frame = palmerpenguins.load_penguins()
+    frame = frame.dropna(subset=NUMERICAL + CATEGORICAL + [TARGET]).reset_index(drop=True)
+    return frame[NUMERICAL + CATEGORICAL + [TARGET]]
+
+
+def build_pipeline() -> Pipeline:
+    pre = ColumnTransformer(
+        [
+            ("num", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), NUMERICAL),
+            (
+                "cat",
+                make_pipeline(
+                    SimpleImputer(strategy="most_frequent"),
+                    OneHotEncoder(handle_unknown="ignore"),
+                ),
+                CATEGORICAL,
+            ),
+        ]
+    )
+    return Pipeline([("pre", pre), ("clf", LogisticRegression(max_iter=1000))])
+
+
+def write_demo(out: Path) -> Path:
+    """Train the demo model and write model.joblib, reference.csv and config.yaml into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    frame = load_dataset()
+    model = build_pipeline().fit(frame[NUMERICAL + CATEGORICAL], frame[TARGET])
+    joblib.dump(model, out / "model.joblib")
+    frame.to_csv(out / "reference.csv", index=False)
+    config = out / "config.yaml"
+    config.write_text(CONFIG_TEMPLATE)
+    return config
+
+
+def ensure_demo(out: Path) -> Path:
+    config = out / "config.yaml"
+    if config.is_file() and (out / "model.joblib").is_file() and (out / "reference.csv").is_file():
+        return config
+    return write_demo(out)
+
+
+class Traffic:
+    """Draws demo records from the reference rows, then changes them by a scenario.
+
+    Rows are drawn in shuffled passes over the reference (each row once per pass), so the traffic of the ``none``
+    scenario has the training distribution itself rather than a noisy resample of it: a window of it should not be
+    judged drifted, which makes the demo's drift (and the lack of it) unambiguous.
+    """
+
+    def __init__(self, scenario: str = "none", seed: int | None = None, reference: pd.DataFrame | None = None) -> None:
+        if scenario not in SCENARIOS:
+            raise ValueError(f"unknown scenario {scenario!r}; choose one of {', '.join(SCENARIOS)}")
+        self.scenario = scenario
+        self.rng = np.random.default_rng(seed)
+        self.frame = load_dataset() if reference is None else reference
+        self.stds = {c: float(self.frame[c].std()) for c in NUMERICAL}
+        self._order: list[int] = []
+
+    def _next_indices(self, n: int) -> list[int]:
+        out: list[int] = []
+        while len(out) < n:
+            if not self._order:
+                self._order = self.rng.permutation(len(self.frame)).tolist()
+            take = min(n - len(out), len(self._order))
+            out.extend(self._order[:take])
+            del self._order[:take]
+        return out
+
+    def records(self, n: int) -> tuple[list[dict[str, Any]], list[str]]:
+        """``n`` records and their true species."""
+        rows = self.frame.iloc[self._next_indices(n)]
+        labels = rows[TARGET].tolist()
+        records: list[dict[str, Any]] = []
+        for raw in rows[NUMERICAL + CATEGORICAL].to_dict("records"):
+            record: dict[str, Any] = {k: (float(v) if k in NUMERICAL else str(v)) for k, v in raw.items()}
+            self._apply(record)
+            records.append(record)
+        return records, labels
+
+    def _apply(self, record: dict[str, Any]) -> None:
+        if self.scenario == "shift":
+            # bill length moves by two standard deviations; nothing else changes
+            record["bill_length_mm"] = round(record["bill_length_mm"] + 2 * self.stds["bill_length_mm"], 1)
+        elif self.scenario == "categories":
+            # most traffic now comes from one island
+            if self.rng.random() < 0.8:
+                record["island"] = "Torgersen"
+        elif self.scenario == "missing":
+            for name in NULLABLE:
+                if self.rng.random() < 0.3:
+                    record[name] = None

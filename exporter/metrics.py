@@ -1,0 +1,145 @@
+"""Prometheus collectors. Drift gauges are built at scrape time from the latest DriftResult, so a scrape never
+mixes two runs and a feature that disappears stops being exported."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from exporter.service import Service
+
+
+def _gauge(name: str, doc: str, value: float | None = None, labels: list[str] | None = None) -> GaugeMetricFamily:
+    if labels is not None:
+        return GaugeMetricFamily(name, doc, labels=labels)
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+class ExporterCollector(Collector):
+    """Everything the service knows, read at scrape time from the Service object."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._serving()
+        yield from self._job()
+        yield from self._drift()
+        yield from self._quality()
+
+    def _serving(self) -> Iterator[Metric]:
+        s = self.service
+        info = GaugeMetricFamily("model_info", "The served model; always 1.", labels=["name", "version", "reference_hash"])
+        info.add_metric([s.settings.model.name, s.settings.model.version, s.reference.hash], 1)
+        yield info
+        yield CounterMetricFamily("model_predictions", "Rows predicted (a batch counts its rows).", value=s.predictions_total)
+        plog = s.prediction_log
+        yield CounterMetricFamily("model_prediction_log_written", "Prediction rows persisted.", value=plog.written)
+        yield CounterMetricFamily(
+            "model_prediction_log_dropped", "Prediction rows lost (queue full or not written at shutdown).",
+            value=plog.dropped,
+        )
+        yield _gauge("model_prediction_log_queue_rows", "Prediction rows waiting to be written.", plog.queued)
+        yield CounterMetricFamily("model_feedback", "Labels received.", value=s.feedback_total)
+
+    def _job(self) -> Iterator[Metric]:
+        job = self.service.job_stats
+        cfg = self.service.settings.drift
+        yield CounterMetricFamily("model_drift_job_runs", "Drift job runs.", value=job.runs)
+        yield CounterMetricFamily("model_drift_job_failures", "Drift job runs that failed.", value=job.failures)
+        yield _gauge(
+            "model_drift_job_last_success_timestamp_seconds",
+            "Unix time of the last successful drift job run (0: none yet).",
+            job.last_success,
+        )
+        yield _gauge("model_drift_job_duration_seconds", "Duration of the last drift job run.", job.last_duration)
+        yield _gauge("model_drift_job_interval_seconds", "Configured interval between drift job runs.", cfg.interval_seconds)
+        yield _gauge(
+            "model_dataset_drift_share_threshold",
+            "Configured share of drifted features at which the dataset counts as drifted.",
+            cfg.drift_share,
+        )
+
+    def _drift(self) -> Iterator[Metric]:
+        result = self.service.drift_result
+        if result is None:
+            return
+        yield _gauge("model_drift_window_rows", "Rows in the window of the last drift run.", result.window_rows)
+        if result.skipped_reason is not None:
+            return
+        score = _gauge(
+            "model_feature_drift_score",
+            "Evidently drift score of the feature in the last run (p-value or distance, see stat_test).",
+            labels=["feature", "feature_type", "stat_test"],
+        )
+        threshold = _gauge(
+            "model_feature_drift_threshold", "Threshold the drift score is judged against.", labels=["feature", "stat_test"]
+        )
+        detected = _gauge("model_feature_drift_detected", "1 when the feature drifted in the last run.", labels=["feature"])
+        missing = _gauge("model_feature_missing_share", "Share of missing values in the window.", labels=["feature"])
+        unseen = _gauge(
+            "model_feature_unseen_share",
+            "Share of window rows with a category absent from the reference or a number outside its range.",
+            labels=["feature"],
+        )
+        for f in result.features.values():
+            missing.add_metric([f.feature], f.missing_share)
+            unseen.add_metric([f.feature], f.unseen_share)
+            if f.detected is None or f.score is None or f.stat_test is None or f.threshold is None:
+                continue
+            score.add_metric([f.feature, f.feature_type, f.stat_test], f.score)
+            threshold.add_metric([f.feature, f.stat_test], f.threshold)
+            detected.add_metric([f.feature], 1.0 if f.detected else 0.0)
+        yield from (score, threshold, detected, missing, unseen)
+        errors = _gauge(
+            "model_feature_drift_error", "1 when the feature's drift could not be computed in the last run (see /drift).",
+            labels=["feature"],
+        )
+        for f in result.features.values():
+            errors.add_metric([f.feature], 1.0 if f.error else 0.0)
+        yield errors
+        if result.drift_share is not None:
+            yield _gauge("model_dataset_drift_share", "Share of features drifted in the last run.", result.drift_share)
+            yield _gauge("model_dataset_drifted_features", "Features drifted in the last run.", result.drifted_features)
+            yield _gauge(
+                "model_dataset_drift_detected", "1 when the drifted share reaches drift_share.",
+                1.0 if result.dataset_drift else 0.0,
+            )
+        p = result.prediction
+        if p is not None:
+            ps = _gauge("model_prediction_drift_score", "Drift score of the model's predictions vs the reference.", labels=["stat_test"])
+            ps.add_metric([p.stat_test], p.score)
+            pt = _gauge("model_prediction_drift_threshold", "Threshold of the prediction drift test.", labels=["stat_test"])
+            pt.add_metric([p.stat_test], p.threshold)
+            yield ps
+            yield pt
+            yield _gauge("model_prediction_drift_detected", "1 when the predictions drifted.", 1.0 if p.detected else 0.0)
+
+    def _quality(self) -> Iterator[Metric]:
+        s = self.service
+        if s.quality_reference:
+            ref = _gauge("model_quality_reference", "Model quality on the reference data (baseline).", labels=["metric"])
+            for name, value in s.quality_reference.items():
+                ref.add_metric([name], value)
+            yield ref
+        q = s.quality_result
+        if q is None:
+            return
+        yield _gauge("model_quality_window_rows", "Labelled rows the model quality was computed on.", q.rows)
+        if q.metrics:
+            g = _gauge("model_quality", "Model quality over the labelled window.", labels=["metric"])
+            for name, value in q.metrics.items():
+                g.add_metric([name], value)
+            yield g
+
+
+def build_registry(service: Service) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ExporterCollector(service))
+    registry.register(ProcessCollector(registry=None))
+    return registry

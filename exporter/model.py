@@ -1,0 +1,73 @@
+"""Load a joblib-saved scikit-learn estimator or pipeline and predict on records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+from sklearn.pipeline import Pipeline
+
+
+class ModelLoadError(Exception):
+    pass
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars -> Python scalars, so predictions serialise to JSON and compare equal after a round trip."""
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+@dataclass
+class Predictions:
+    values: list[Any]
+    probabilities: list[dict[str, float]] | None
+
+
+class Model:
+    def __init__(self, estimator: Any, features: list[str], task: str) -> None:
+        if not hasattr(estimator, "predict"):
+            raise ModelLoadError(f"{type(estimator).__name__} has no predict method")
+        self.estimator = estimator
+        self.features = features
+        self.task = task
+        self.has_proba = task == "classification" and hasattr(estimator, "predict_proba")
+        classes = getattr(estimator, "classes_", None)
+        self.classes: list[Any] = [_plain(c) for c in classes] if classes is not None else []
+
+    @classmethod
+    def load(cls, path: Path, features: list[str], task: str) -> Model:
+        if not path.is_file():
+            raise ModelLoadError(f"{path}: model file not found")
+        try:
+            estimator = joblib.load(path)
+        except Exception as exc:
+            raise ModelLoadError(f"{path}: cannot load model with joblib: {exc}") from exc
+        return cls(estimator, features, task)
+
+    def frame(self, records: list[dict[str, Any]]) -> pd.DataFrame:
+        frame = pd.DataFrame.from_records(records, columns=self.features)
+        return frame
+
+    def predict_frame(self, frame: pd.DataFrame) -> Predictions:
+        X = frame[self.features]
+        final = self.estimator
+        if self.has_proba and isinstance(self.estimator, Pipeline) and len(self.estimator) > 1:
+            # What Pipeline.predict and .predict_proba each do, with the (costly) transforms run once for both.
+            X = self.estimator[:-1].transform(X)
+            final = self.estimator[-1]
+        values = [_plain(v) for v in final.predict(X)]
+        probabilities = None
+        if self.has_proba:
+            proba = final.predict_proba(X)
+            names = [str(c) for c in self.classes]
+            probabilities = [dict(zip(names, (float(p) for p in row), strict=True)) for row in proba]
+        return Predictions(values, probabilities)
+
+    def predict(self, records: list[dict[str, Any]]) -> Predictions:
+        return self.predict_frame(self.frame(records))

@@ -1,0 +1,359 @@
+"""The prediction log: one table, a bounded in-memory queue and a batching writer thread.
+
+The request path only calls :meth:`PredictionLog.enqueue`, which never blocks: when the queue is full the row is
+dropped and counted. The writer thread inserts in batches and retries with backoff while the database is down, so
+a short outage costs nothing but memory. :meth:`PredictionLog.stop` drains the queue before returning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import (
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.engine import Engine, make_url
+
+log = logging.getLogger(__name__)
+
+metadata = MetaData()
+predictions_table = Table(
+    "predictions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", String(36), nullable=False, unique=True),
+    Column("created_at", Float, nullable=False, index=True),
+    Column("model_version", String(64), nullable=False),
+    Column("features", Text, nullable=False),
+    Column("prediction", Text, nullable=False),
+    Column("probabilities", Text, nullable=True),
+    Column("label", Text, nullable=True),
+    Column("labelled_at", Float, nullable=True, index=True),
+)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def make_engine(url: str) -> Engine:
+    """SQLite in WAL mode (readers never block the writer), or any SQLAlchemy URL such as postgresql+psycopg://."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            from pathlib import Path
+
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4, connect_args={"connect_timeout": 5})
+
+
+@dataclass(frozen=True)
+class PredictionRow:
+    request_id: str
+    created_at: float
+    model_version: str
+    features: dict[str, Any]
+    prediction: Any
+    probabilities: dict[str, float] | None
+
+    def as_db(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "created_at": self.created_at,
+            "model_version": self.model_version,
+            "features": _json(self.features),
+            "prediction": _json(self.prediction),
+            "probabilities": None if self.probabilities is None else _json(self.probabilities),
+        }
+
+
+@dataclass(frozen=True)
+class LabelUpdate:
+    request_id: str
+    label: Any
+    labelled_at: float
+
+
+_NO_LABEL = object()
+
+
+class PredictionStore:
+    """Reads and writes of the predictions table."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+
+    def create_schema(self) -> None:
+        metadata.create_all(self.engine)
+
+    def ping(self) -> bool:
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return True
+        except Exception:
+            return False
+
+    def insert(self, rows: list[dict[str, Any]]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(predictions_table.insert(), rows)
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(predictions_table)).scalar_one())
+
+    def without_existing(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        ids = [r["request_id"] for r in rows]
+        t = predictions_table.c
+        with self.engine.connect() as conn:
+            present = set(conn.execute(select(t.request_id).where(t.request_id.in_(ids))).scalars())
+        return [r for r in rows if r["request_id"] not in present]
+
+    def set_labels(self, updates: list[LabelUpdate]) -> None:
+        t = predictions_table
+        statement = (
+            t.update()
+            .where(t.c.request_id == bindparam("rid"))
+            .values(label=bindparam("lbl"), labelled_at=bindparam("at"))
+        )
+        with self.engine.begin() as conn:
+            conn.execute(statement, [{"rid": u.request_id, "lbl": _json(u.label), "at": u.labelled_at} for u in updates])
+
+    def lookup_label(self, request_id: str) -> tuple[bool, Any]:
+        """(whether the prediction exists, its label or None)."""
+        t = predictions_table.c
+        with self.engine.connect() as conn:
+            row = conn.execute(select(t.label).where(t.request_id == request_id)).first()
+        if row is None:
+            return False, None
+        return True, None if row.label is None else json.loads(row.label)
+
+    def labelled_window(self, size: int) -> tuple[list[Any], list[Any], list[dict[str, float]] | None]:
+        """Labels, predictions and probabilities of the latest ``size`` labelled predictions."""
+        t = predictions_table.c
+        query = (
+            select(t.label, t.prediction, t.probabilities)
+            .where(t.label.is_not(None))
+            .order_by(t.id.desc())
+            .limit(size)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        labels = [json.loads(r.label) for r in rows]
+        preds = [json.loads(r.prediction) for r in rows]
+        probas = [json.loads(r.probabilities) for r in rows if r.probabilities is not None]
+        return labels, preds, probas if rows and len(probas) == len(rows) else None
+
+    def window(self, size: int, max_age_seconds: float | None = None, now: float | None = None) -> pd.DataFrame:
+        """The latest ``size`` predictions (optionally only those newer than ``max_age_seconds``), oldest first.
+
+        Columns: the features, ``prediction`` and ``created_at``.
+        """
+        t = predictions_table.c
+        query = select(t.created_at, t.features, t.prediction).order_by(t.id.desc()).limit(size)
+        if max_age_seconds is not None:
+            query = query.where(t.created_at >= (now or time.time()) - max_age_seconds)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        rows.reverse()
+        frame = pd.DataFrame.from_records([json.loads(r.features) for r in rows])
+        frame["prediction"] = [json.loads(r.prediction) for r in rows]
+        frame["created_at"] = [r.created_at for r in rows]
+        return frame
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+class PredictionLog:
+    """Bounded queue + writer thread. Counters are plain ints read by the metrics collector."""
+
+    def __init__(
+        self,
+        store: PredictionStore,
+        queue_size: int = 100_000,
+        batch_size: int = 500,
+        flush_interval: float = 0.5,
+        max_backoff: float = 5.0,
+    ) -> None:
+        self.store = store
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.max_backoff = max_backoff
+        self._queue: queue.Queue[PredictionRow | LabelUpdate] = queue.Queue(maxsize=queue_size)
+        self._pending_ids: dict[str, Any] = {}  # request_id -> label queued for it (or _NO_LABEL), until written
+        self._lock = threading.Lock()
+        self._pending = 0  # rows taken off the queue but not yet committed
+        self.written = 0
+        self.dropped = 0
+        self.write_errors = 0
+        self.labels_dropped = 0
+        self.database_up = True
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- request path -------------------------------------------------------------------------------------------
+    def enqueue(self, rows: list[PredictionRow]) -> int:
+        """Queue rows for writing without ever blocking; returns how many were dropped because the queue was full."""
+        dropped = 0
+        for row in rows:
+            with self._lock:
+                self._pending_ids[row.request_id] = _NO_LABEL
+            try:
+                self._queue.put_nowait(row)
+            except queue.Full:
+                dropped += 1
+                with self._lock:
+                    self._pending_ids.pop(row.request_id, None)
+        if dropped:
+            with self._lock:
+                self.dropped += dropped
+            log.warning("prediction log queue full: dropped %d rows", dropped)
+        return dropped
+
+    def pending_label(self, request_id: str) -> tuple[bool, Any]:
+        """(whether the prediction is still queued, the label queued for it or None)."""
+        with self._lock:
+            if request_id not in self._pending_ids:
+                return False, None
+            label = self._pending_ids[request_id]
+        return True, None if label is _NO_LABEL else label
+
+    def enqueue_labels(self, updates: list[LabelUpdate]) -> bool:
+        """Queue label updates (ordered after the predictions they label); False when the queue is full."""
+        for update in updates:
+            with self._lock:
+                if update.request_id in self._pending_ids:
+                    self._pending_ids[update.request_id] = update.label
+            try:
+                self._queue.put_nowait(update)
+            except queue.Full:
+                with self._lock:
+                    self.labels_dropped += 1
+                return False
+        return True
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize() + self._pending
+
+    # -- writer thread ------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="prediction-log-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Flush everything queued, then stop the writer (bounded by ``timeout``; what is left is counted dropped)."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.error("prediction log writer did not finish within %.0fs", timeout)
+        left = self.queued
+        if left:
+            with self._lock:
+                self.dropped += left
+            log.error("prediction log: %d rows could not be written before shutdown", left)
+
+    def _take_batch(self) -> list[PredictionRow | LabelUpdate]:
+        batch: list[PredictionRow | LabelUpdate] = []
+        deadline = time.monotonic() + self.flush_interval
+        while len(batch) < self.batch_size:
+            timeout = deadline - time.monotonic()
+            if timeout <= 0 or (self._stopping.is_set() and self._queue.empty()):
+                break
+            try:
+                row = self._queue.get(timeout=min(timeout, 0.05))
+            except queue.Empty:
+                continue
+            batch.append(row)
+            with self._lock:
+                self._pending += 1
+        return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if batch:
+                self._write(batch)
+            elif self._stopping.is_set() and self._queue.empty():
+                return
+
+    def _write(self, batch: list[PredictionRow | LabelUpdate]) -> None:
+        # Predictions first, then labels: a label queued after its prediction finds the row in place.
+        predictions = [r for r in batch if isinstance(r, PredictionRow)]
+        labels = [r for r in batch if isinstance(r, LabelUpdate)]
+        rows = [r.as_db() for r in predictions]
+        self._retry(lambda: self._insert(rows), "prediction")
+        if labels:
+            self._retry(lambda: self.store.set_labels(labels), "label")
+        with self._lock:
+            self.written += len(rows)
+            self._pending -= len(batch)
+            for r in predictions:
+                self._pending_ids.pop(r.request_id, None)
+
+    def _insert(self, rows: list[dict[str, Any]]) -> None:
+        while rows:
+            try:
+                self.store.insert(rows)
+                return
+            except Exception as exc:
+                if not self._is_duplicate(exc):
+                    raise
+                # A batch whose commit succeeded although the client saw an error: keep only the missing rows.
+                rows = self.store.without_existing(rows)
+
+    def _retry(self, write: Any, what: str) -> None:
+        """Run ``write`` until it succeeds, backing off while the database is unreachable."""
+        backoff = 0.1
+        while True:
+            try:
+                write()
+                break
+            except Exception as exc:
+                self.write_errors += 1
+                if self.database_up:
+                    log.error("prediction log: %s write failed, retrying with backoff: %s", what, exc)
+                self.database_up = False
+                time.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+        if not self.database_up:
+            log.warning("prediction log: database reachable again")
+        self.database_up = True
+
+    @staticmethod
+    def _is_duplicate(exc: Exception) -> bool:
+        message = str(exc).lower()
+        return "unique" in message or "duplicate" in message

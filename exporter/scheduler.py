@@ -1,0 +1,38 @@
+"""APScheduler wiring: the drift job every ``interval_seconds`` in a background thread, one run at a time."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from exporter.service import Service
+
+log = logging.getLogger(__name__)
+
+
+class DriftScheduler:
+    def __init__(self, service: Service, interval_seconds: float) -> None:
+        self.service = service
+        self.interval = interval_seconds
+        self._scheduler = BackgroundScheduler(
+            timezone=timezone.utc,
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": max(1, int(interval_seconds))},
+        )
+
+    def start(self) -> None:
+        # The first run happens right away, so /metrics and /drift have a result soon after start-up.
+        self._scheduler.add_job(
+            self.service.run_drift_job,
+            "interval",
+            seconds=self.interval,
+            id="drift",
+            name="drift",
+            next_run_time=datetime.now(timezone.utc),
+        )
+        self._scheduler.start()
+
+    def stop(self) -> None:
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=True)

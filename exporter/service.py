@@ -1,0 +1,235 @@
+"""The running service's state: model, reference, prediction log, latest drift and quality results.
+
+Built by the app factory and kept on ``app.state.service``; nothing here is a module-level global, so tests build a
+fresh one each time. The drift job writes ``drift_result`` / ``quality_result`` / ``report`` by replacing whole
+immutable objects, so readers (the metrics collector, /drift) always see one run, never half of two.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from exporter.config import Settings
+from exporter.drift import CATEGORICAL, NUMERICAL, DriftResult, MethodOverride, Reference, compute_drift
+from exporter.model import Model, Predictions
+from exporter.predictions import LabelUpdate, PredictionLog, PredictionRow, PredictionStore
+from exporter.quality import QualityResult, quality
+from exporter.report import CachedReport, build_report
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """A problem that prevents the service from starting, with a message naming the file and the problem."""
+
+
+@dataclass
+class JobStats:
+    runs: int = 0
+    failures: int = 0
+    last_success: float = 0.0
+    last_duration: float = 0.0
+    last_error: str | None = None
+    report_failures: int = 0
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise StartupError(f"{path}: reference file not found")
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        return pd.read_csv(path)
+    except Exception as exc:
+        raise StartupError(f"{path}: cannot read reference data: {exc}") from exc
+
+
+class Service:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        features = settings.features
+        try:
+            self.model = Model.load(settings.resolve(settings.model.path), features.all, settings.model.task)
+        except Exception as exc:
+            raise StartupError(str(exc)) from exc
+        ref_path = settings.resolve(settings.reference.path)
+        frame = read_table(ref_path)
+        missing = [c for c in features.all if c not in frame.columns]
+        if missing:
+            raise StartupError(f"{ref_path}: reference data lacks configured feature(s): {', '.join(missing)}")
+        prediction_type = NUMERICAL if settings.model.task == "regression" else CATEGORICAL
+        ref_predictions, ref_probas = self._reference_predictions(frame, ref_path)
+        try:
+            self.reference = Reference(
+                frame, features.numerical, features.categorical, ref_predictions, prediction_type
+            )
+        except ValueError as exc:
+            raise StartupError(f"{ref_path}: {exc}") from exc
+        self.quality_reference: dict[str, float] = {}
+        if settings.target is not None:
+            if settings.target not in frame.columns:
+                raise StartupError(f"{ref_path}: reference data lacks the target column {settings.target!r}")
+            labelled = frame[settings.target].notna()
+            self.quality_reference = quality(
+                settings.model.task,
+                frame.loc[labelled, settings.target].tolist(),
+                ref_predictions[labelled].tolist(),
+                None if ref_probas is None else [p for p, ok in zip(ref_probas, labelled, strict=True) if ok],
+                self.model.classes,
+            ).metrics
+
+        self.store = PredictionStore(settings.resolved_database_url)
+        plog = settings.prediction_log
+        self.prediction_log = PredictionLog(
+            self.store, queue_size=plog.queue_size, batch_size=plog.batch_size, flush_interval=plog.flush_interval_seconds
+        )
+        self.predictions_total = 0
+        self.feedback_total = 0
+        self.feedback_replaced = 0
+        self._counter_lock = threading.Lock()
+        self.job_stats = JobStats()
+        self.drift_result: DriftResult | None = None
+        self.quality_result: QualityResult | None = None
+        self.report: CachedReport | None = None
+        self.overrides = {
+            name: MethodOverride(cfg.method, cfg.threshold) for name, cfg in settings.drift.per_feature.items()
+        }
+        self.prediction_override = MethodOverride(settings.drift.prediction.method, settings.drift.prediction.threshold)
+
+    def _reference_predictions(
+        self, frame: pd.DataFrame, ref_path: Path
+    ) -> tuple[pd.Series, list[dict[str, float]] | None]:
+        column = self.settings.reference.prediction_column
+        if column is not None:
+            if column not in frame.columns:
+                raise StartupError(f"{ref_path}: reference data lacks the prediction column {column!r}")
+            return frame[column], None
+        try:
+            predicted = self.model.predict_frame(frame)
+        except Exception as exc:
+            raise StartupError(f"{ref_path}: the model cannot predict on the reference data: {exc}") from exc
+        return pd.Series(predicted.values, index=frame.index), predicted.probabilities
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        try:
+            self.store.create_schema()
+        except Exception as exc:
+            # The writer retries until the database is reachable; readiness reports it down meanwhile.
+            log.error("database not reachable at start-up (%s); predictions are buffered until it is", exc)
+            self.prediction_log.database_up = False
+        self.prediction_log.start()
+
+    def stop(self) -> None:
+        self.prediction_log.stop(self.settings.prediction_log.shutdown_timeout_seconds)
+        self.store.dispose()
+
+    # -- predictions -------------------------------------------------------------------------------------------
+    def predict(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        result: Predictions = self.model.predict(records)
+        now = time.time()
+        version = self.settings.model.version
+        rows = [
+            PredictionRow(
+                uuid.uuid4().hex,
+                now,
+                version,
+                record,
+                value,
+                None if result.probabilities is None else result.probabilities[i],
+            )
+            for i, (record, value) in enumerate(zip(records, result.values, strict=True))
+        ]
+        self.prediction_log.enqueue(rows)
+        with self._counter_lock:
+            self.predictions_total += len(rows)
+        return [
+            {
+                "request_id": r.request_id,
+                "prediction": r.prediction,
+                "probabilities": r.probabilities,
+                "model_version": version,
+            }
+            for r in rows
+        ]
+
+    # -- feedback ----------------------------------------------------------------------------------------------
+    def unknown_request_ids(self, request_ids: list[str]) -> tuple[list[str], dict[str, Any]]:
+        """Ids that match no logged prediction, and the current label of those that do."""
+        unknown: list[str] = []
+        current: dict[str, Any] = {}
+        for rid in request_ids:
+            queued, label = self.prediction_log.pending_label(rid)
+            if not queued:
+                exists, label = self.store.lookup_label(rid)
+                if not exists:
+                    unknown.append(rid)
+                    continue
+            current[rid] = label
+        return unknown, current
+
+    def add_feedback(self, items: list[tuple[str, Any]], current: dict[str, Any]) -> bool:
+        now = time.time()
+        updates = [LabelUpdate(rid, label, now) for rid, label in items]
+        if not self.prediction_log.enqueue_labels(updates):
+            return False
+        with self._counter_lock:
+            self.feedback_total += len(items)
+            self.feedback_replaced += sum(
+                1 for rid, label in items if current.get(rid) is not None and current[rid] != label
+            )
+        return True
+
+    # -- drift job ---------------------------------------------------------------------------------------------
+    def run_drift_job(self) -> None:
+        """One run: window -> drift (+ quality) -> publish; then the HTML report. Never raises."""
+        started = time.monotonic()
+        self.job_stats.runs += 1
+        cfg = self.settings.drift
+        try:
+            window = self.store.window(cfg.window_size, cfg.window_seconds)
+            result = compute_drift(
+                self.reference,
+                window,
+                min_rows=cfg.min_rows,
+                drift_share=cfg.drift_share,
+                per_feature=self.overrides,
+                prediction_override=self.prediction_override,
+            )
+            quality_result = self._quality() if self.settings.target is not None else None
+        except Exception as exc:
+            self.job_stats.failures += 1
+            self.job_stats.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("drift job failed")
+            self.job_stats.last_duration = time.monotonic() - started
+            return
+        self.drift_result = result
+        self.quality_result = quality_result
+        self.job_stats.last_success = time.time()
+        self.job_stats.last_error = None
+        self.job_stats.last_duration = time.monotonic() - started
+        if cfg.report and result.skipped_reason is None:
+            try:
+                self.report = build_report(self.reference, window, cfg.drift_share, self.overrides)
+            except Exception:
+                self.job_stats.report_failures += 1
+                log.exception("drift report failed")
+
+    def _quality(self) -> QualityResult:
+        labels, preds, probas = self.store.labelled_window(self.settings.drift.window_size)
+        return quality(self.settings.model.task, labels, preds, probas, self.model.classes)
+
+    def readiness(self) -> dict[str, bool]:
+        return {
+            "model": self.model is not None,
+            "reference": self.reference.rows > 0,
+            "database": self.prediction_log.database_up and self.store.ping(),
+        }

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from exporter.demo import write_demo
+
+    out = tmp_path_factory.mktemp("demo")
+    write_demo(out)
+    return out
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh database on the PostgreSQL server named by EXPORTER_TEST_POSTGRES_URL, dropped afterwards.
+
+    Unset: skipped on a developer machine without PostgreSQL, but a failure in CI (.ci/run sets it)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    base = os.environ.get("EXPORTER_TEST_POSTGRES_URL")
+    if not base:
+        if os.environ.get("CI"):
+            pytest.fail("EXPORTER_TEST_POSTGRES_URL is not set in CI")
+        pytest.skip("EXPORTER_TEST_POSTGRES_URL not set (no PostgreSQL server for this run)")
+    name = f"exporter_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        pytest.fail(f"PostgreSQL at {base} is not reachable: {exc}")
+    try:
+        yield make_url(base).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
