@@ -151,7 +151,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
     cfg = service.settings.drift
     service.settings.drift.report = False
     service.run_drift_job()
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)
     result = service.drift_result
     if result is None:
         return _fail(f"drift failed: {service.job_stats.last_error}")
@@ -160,7 +160,8 @@ def cmd_drift(args: argparse.Namespace) -> int:
         return 0
     table = Table(title=f"Drift of the last {result.window_rows} predictions (window_size={cfg.window_size})")
     for col in ("feature", "type", "stat test", "score", "threshold", "drift", "missing", "unseen"):
-        table.add_column(col, justify="right" if col in ("score", "threshold", "missing", "unseen") else "left")
+        table.add_column(col, justify="right" if col in ("score", "threshold", "missing", "unseen") else "left",
+                         no_wrap=col == "feature")
     for f in result.features.values():
         table.add_row(
             f.feature, f.feature_type, f.stat_test_display or "-",

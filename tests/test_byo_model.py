@@ -1,0 +1,125 @@
+"""Bring your own model: another dataset, another task, served through a config file alone."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import httpx
+import joblib
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from sklearn.datasets import load_diabetes, load_wine
+from sklearn.linear_model import Ridge
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
+
+from exporter.app import create_app
+from exporter.config import load_settings
+from tests.helpers import live_server, sample
+
+
+def test_regression_pipeline_with_parquet_reference_served_by_cli(tmp_path: Path) -> None:
+    data = load_diabetes(as_frame=True).frame  # ten numerical features and a numeric target
+    features = [c for c in data.columns if c != "target"]
+    joblib.dump(make_pipeline(StandardScaler(), Ridge()).fit(data[features], data["target"]), tmp_path / "ridge.joblib")
+    data.to_parquet(tmp_path / "train.parquet")
+    (tmp_path / "config.yaml").write_text(textwrap.dedent(f"""\
+        model: {{path: ridge.joblib, name: diabetes, version: "7", task: regression}}
+        reference: {{path: train.parquet}}
+        features: {{numerical: [{', '.join(features)}]}}
+        target: target
+        database_url: sqlite:///log.db
+        drift: {{window_size: 200, min_rows: 50, interval_seconds: 1}}
+    """))
+    with live_server(tmp_path / "config.yaml") as server:
+        rows = data[features].head(120).to_dict("records")
+        resp = httpx.post(f"{server.url}/predict", json=rows[0], timeout=10)
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert isinstance(body["prediction"], float) and "probabilities" not in body
+        assert body["model_version"] == "7"
+        batch = httpx.post(f"{server.url}/predict/batch", json={"records": rows[1:]}, timeout=10).json()
+        ids = [body["request_id"]] + [p["request_id"] for p in batch["predictions"]]
+        labels = data["target"].head(120).tolist()
+        fb = httpx.post(
+            f"{server.url}/feedback/batch",
+            json={"labels": [{"request_id": i, "label": float(y)} for i, y in zip(ids, labels, strict=True)]},
+            timeout=10,
+        )
+        assert fb.status_code == 202, fb.text
+        metrics = server.wait_for(
+            lambda m: m if sample(m, "model_drift_window_rows") == 120 and sample(m, "model_quality_window_rows") == 120
+            else None
+        )
+        info = [dict(labels) for (name, labels) in metrics if name == "model_info"]
+        assert [(i["name"], i["version"]) for i in info] == [("diabetes", "7")]
+        scored = {dict(labels)["feature"]: dict(labels)["stat_test"]
+                  for (name, labels) in metrics if name == "model_feature_drift_score"}
+        assert set(scored) == set(features)
+        assert scored["bmi"] == "ks" and scored["sex"] == "z"  # Evidently's choice: two distinct values -> z-test
+        assert sample(metrics, "model_prediction_drift_score", stat_test="ks") is not None
+        assert sample(metrics, "model_quality", metric="mae") is not None
+        assert sample(metrics, "model_quality_reference", metric="rmse") is not None
+        assert sample(metrics, "model_quality", metric="accuracy") is None
+        assert httpx.post(f"{server.url}/feedback", json={"request_id": ids[0], "label": "high"}).status_code == 422
+
+
+def test_classifier_without_predict_proba_and_integer_classes(tmp_path: Path) -> None:
+    wine = load_wine(as_frame=True)
+    frame = wine.frame.rename(columns=lambda c: c.replace("/", "_"))
+    features = [c for c in frame.columns if c != "target"][:6]
+    frame["grade"] = pd.cut(frame["alcohol"], 3, labels=["low", "mid", "high"]).astype(str)
+    model = make_pipeline(StandardScaler(), LinearSVC()).fit(frame[features], frame["target"])
+    joblib.dump(model, tmp_path / "svc.joblib")
+    frame.to_csv(tmp_path / "ref.csv", index=False)
+    (tmp_path / "config.yaml").write_text(textwrap.dedent(f"""\
+        model: {{path: svc.joblib, name: wine}}
+        reference: {{path: ref.csv}}
+        features: {{numerical: [{', '.join(features)}]}}
+        target: target
+        database_url: sqlite:///log.db
+    """))
+    app = create_app(load_settings(tmp_path / "config.yaml"), start_scheduler=False)
+    with TestClient(app) as client:
+        record = frame[features].iloc[0].to_dict()
+        resp = client.post("/predict", json=record)
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["prediction"] == 0 and "probabilities" not in resp.json()
+        assert client.post("/feedback", json={"request_id": resp.json()["request_id"], "label": 0}).status_code == 202
+        assert client.post("/feedback", json={"request_id": resp.json()["request_id"], "label": 9}).status_code == 422
+        assert client.post("/feedback", json={"request_id": "nope", "label": 0}).status_code == 404
+        service = client.app.state.service  # type: ignore[attr-defined]
+        assert set(service.quality_reference) == {"accuracy", "f1_macro"}  # no probabilities: no ROC AUC
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: (d / "model.joblib").unlink(), "model file not found"),
+        (lambda d: (d / "model.joblib").write_text("not a pickle"), "cannot load model"),
+        (lambda d: (d / "reference.csv").unlink(), "reference file not found"),
+        (lambda d: (d / "reference.csv").write_text("island,sex\nDream,male\n"), "lacks configured feature"),
+        (lambda d: (d / "config.yaml").write_text("model: {path: model.joblib}\n"), "invalid config"),
+        (lambda d: (d / "config.yaml").write_text("model: [unclosed\n"), "cannot read config"),
+    ],
+)
+def test_startup_errors_name_the_file_and_exit_non_zero(
+    demo_dir: Path, tmp_path: Path, mutate: object, message: str
+) -> None:
+    import subprocess
+    import sys
+
+    from tests.helpers import config_folder
+
+    config = config_folder(demo_dir, tmp_path)
+    mutate(tmp_path)  # type: ignore[operator]
+    proc = subprocess.run(
+        [sys.executable, "-m", "exporter.cli", "serve", "--config", str(config), "--port", "1"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
+    assert str(tmp_path) in proc.stderr

@@ -1,0 +1,77 @@
+"""The `exporter` command as a user runs it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+from tests.helpers import config_folder, free_port, live_server, sample
+
+
+def run(*args: str, cwd: Path | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "exporter.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd)
+
+
+def test_demo_writes_model_reference_and_commented_config(tmp_path: Path) -> None:
+    proc = run("demo", "--out", str(tmp_path / "d"))
+    assert proc.returncode == 0, proc.stderr
+    files = {p.name for p in (tmp_path / "d").iterdir()}
+    assert files == {"model.joblib", "reference.csv", "config.yaml"}
+    text = (tmp_path / "d" / "config.yaml").read_text()
+    assert text.count("#") > 10  # commented for the user
+    config = yaml.safe_load(text)
+    assert config["features"]["categorical"] == ["island", "sex"]
+    assert len(config["features"]["numerical"]) == 4
+
+
+def test_simulate_then_drift_table(demo_dir: Path, tmp_path: Path) -> None:
+    config = config_folder(demo_dir, tmp_path, drift={"window_size": 400, "min_rows": 50, "interval_seconds": 3600})
+    with live_server(config) as server:
+        proc = run("simulate", "--url", server.url, "--rows", "400", "--rate", "400", "--scenario", "categories",
+                   "--batch-size", "20", "--seed", "3")
+        assert proc.returncode == 0, proc.stderr
+        assert "sent 400 rows, 0 failed" in proc.stdout
+        server.wait_for(lambda m: sample(m, "model_prediction_log_written_total") == 400)
+    table = run("drift", "--config", str(config))
+    assert table.returncode == 0, table.stderr
+    lines = {line.split("│")[1].strip(): line for line in table.stdout.splitlines() if line.count("│") > 5}
+    assert "yes" in lines["island"]           # the category mix changed
+    assert "no" in lines["bill_length_mm"]
+    assert "Drift of the last 400 predictions" in table.stdout
+
+
+def test_simulate_rejects_unknown_scenario() -> None:
+    proc = run("simulate", "--url", "http://127.0.0.1:9", "--scenario", "sideways", "--rows", "1")
+    assert proc.returncode == 2
+    assert "unknown scenario 'sideways'" in proc.stderr
+
+
+def test_serve_without_config_uses_demo_in_data_dir(tmp_path: Path) -> None:
+    env = {**os.environ, "EXPORTER_DATA_DIR": str(tmp_path / "data")}
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "exporter.cli", "serve", "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and proc.poll() is None:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.3)
+        resp = httpx.post(f"http://127.0.0.1:{port}/predict", json={
+            "bill_length_mm": 46.1, "bill_depth_mm": 13.2, "flipper_length_mm": 211, "body_mass_g": 4500,
+            "island": "Biscoe", "sex": "female"}, timeout=10)
+        assert resp.status_code == 200 and resp.json()["prediction"] == "Gentoo"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    written = {p.name for p in (tmp_path / "data").iterdir()}
+    assert written >= {"model.joblib", "reference.csv", "config.yaml", "predictions.db"}
