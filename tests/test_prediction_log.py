@@ -1,0 +1,89 @@
+"""The prediction log on a real SQLite file: batching, WAL, bounded queue, counters that tell the truth."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from sqlalchemy import text
+
+from exporter.predictions import LabelUpdate, PredictionLog, PredictionRow, PredictionStore
+
+
+def rows(n: int, start: int = 0) -> list[PredictionRow]:
+    return [PredictionRow(f"id{i}", time.time(), "1", {"a": float(i), "b": "x"}, "A", {"A": 0.9, "B": 0.1})
+            for i in range(start, start + n)]
+
+
+def store(tmp_path: Path) -> PredictionStore:
+    s = PredictionStore(f"sqlite:///{tmp_path / 'log.db'}")
+    s.create_schema()
+    return s
+
+
+def test_batches_and_flushes_on_stop(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    inserts: list[int] = []
+    original = s.insert
+    s.insert = lambda batch: (inserts.append(len(batch)), original(batch))[1]  # type: ignore[method-assign]
+    log = PredictionLog(s, queue_size=10_000, batch_size=100, flush_interval=5.0)
+    log.start()
+    log.enqueue(rows(1050))
+    log.stop(timeout=30)
+    assert s.count() == 1050 and log.written == 1050 and log.dropped == 0 and log.queued == 0
+    assert max(inserts) == 100 and len(inserts) <= 12  # batched, not one INSERT per row
+    with s.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+
+
+def test_full_queue_drops_and_counts_never_blocks(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    log = PredictionLog(s, queue_size=50, batch_size=10)
+    # writer not started: nothing drains the queue
+    started = time.monotonic()
+    dropped = log.enqueue(rows(80))
+    assert time.monotonic() - started < 0.5
+    assert dropped == 30 and log.dropped == 30 and log.queued == 50
+    log.start()
+    log.stop(timeout=30)
+    assert s.count() == 50 and log.written == 50 and log.dropped == 30
+
+
+def test_database_outage_buffers_then_writes_everything(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    down = threading.Event()
+    down.set()
+    original = s.insert
+
+    def flaky(batch: list[dict[str, object]]) -> None:
+        if down.is_set():
+            raise ConnectionError("database is down")
+        original(batch)
+
+    s.insert = flaky  # type: ignore[method-assign]
+    log = PredictionLog(s, queue_size=1000, batch_size=20, flush_interval=0.05, max_backoff=0.2)
+    log.start()
+    log.enqueue(rows(200))
+    time.sleep(0.8)
+    assert not log.database_up and log.write_errors > 0 and s.count() == 0 and log.queued == 200
+    down.clear()
+    log.stop(timeout=30)
+    assert log.database_up and s.count() == 200 and log.written == 200 and log.dropped == 0
+
+
+def test_label_for_a_queued_prediction_lands_after_it(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    log = PredictionLog(s, batch_size=1000, flush_interval=0.5)
+    batch = rows(3)
+    log.enqueue(batch)
+    assert log.pending_label("id1") == (True, None)
+    log.enqueue_labels([LabelUpdate("id1", "B", time.time())])
+    assert log.pending_label("id1") == (True, "B")
+    log.start()
+    log.stop(timeout=30)
+    assert s.lookup_label("id1") == (True, "B")
+    assert s.lookup_label("id0") == (True, None)
+    assert s.lookup_label("nope") == (False, None)
+    labels, preds, probas = s.labelled_window(10)
+    assert labels == ["B"] and preds == ["A"] and probas == [{"A": 0.9, "B": 0.1}]

@@ -1,0 +1,52 @@
+"""The drift job: one run at a time, missed runs coalesced, and /predict answering while it runs."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from exporter.app import create_app
+from exporter.config import load_settings
+from tests.helpers import config_folder
+from tests.test_api import GOOD
+
+
+def test_slow_job_never_overlaps_and_predict_keeps_answering(demo_dir: Path, tmp_path: Path) -> None:
+    config = config_folder(demo_dir, tmp_path, drift={"interval_seconds": 0.2, "min_rows": 1})
+    app = create_app(load_settings(config))
+    service = app.state.service
+    running = 0
+    max_running = 0
+    calls = 0
+    lock = threading.Lock()
+    original = service.run_drift_job
+
+    def slow_job() -> None:
+        nonlocal running, max_running, calls
+        with lock:
+            running += 1
+            calls += 1
+            max_running = max(max_running, running)
+        try:
+            time.sleep(1.0)  # a run five times longer than the interval
+            original()
+        finally:
+            with lock:
+                running -= 1
+
+    service.run_drift_job = slow_job
+    with TestClient(app) as client:
+        latencies = []
+        deadline = time.monotonic() + 3.5
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            assert client.post("/predict", json=GOOD).status_code == 200
+            latencies.append(time.monotonic() - started)
+            time.sleep(0.02)
+    assert max_running == 1
+    assert 2 <= calls <= 5  # coalesced: not one per missed 0.2 s tick
+    assert max(latencies) < 0.5  # the event loop is never blocked by the job
+    assert service.job_stats.runs >= 2 and service.job_stats.failures == 0
