@@ -179,6 +179,11 @@ def cmd_drift(args: argparse.Namespace) -> int:
         p = result.prediction
         console.print(f"prediction drift: {p.stat_test_display} {p.score:.4g} (threshold {p.threshold:.4g}) "
                       f"{'[red]drifted' if p.detected else '[green]stable'}")
+    quality = service.quality_result
+    if quality is not None and quality.metrics:
+        shown = ", ".join(f"{k} {v:.4g} (reference {service.quality_reference.get(k, float('nan')):.4g})"
+                          for k, v in quality.metrics.items())
+        console.print(f"model quality over {quality.rows} labelled predictions: {shown}")
     service.store.dispose()
     return 0
 

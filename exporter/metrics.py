@@ -46,6 +46,9 @@ class ExporterCollector(Collector):
         )
         yield _gauge("model_prediction_log_queue_rows", "Prediction rows waiting to be written.", plog.queued)
         yield CounterMetricFamily("model_feedback", "Labels received.", value=s.feedback_total)
+        yield CounterMetricFamily(
+            "model_feedback_replaced", "Labels that replaced a different earlier label.", value=s.feedback_replaced
+        )
 
     def _job(self) -> Iterator[Metric]:
         job = self.service.job_stats

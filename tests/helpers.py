@@ -120,7 +120,8 @@ class LiveServer:
             if value:
                 return value
             time.sleep(interval)
-        raise AssertionError(f"condition not met within {timeout}s; last metrics: {last}")
+        shown = {f"{n}{dict(labels) or ''}": v for (n, labels), v in (last or {}).items() if n.startswith("model_")}
+        raise AssertionError(f"condition not met within {timeout}s; last model_* metrics: {shown}")
 
 
 @contextlib.contextmanager

@@ -36,16 +36,19 @@ def test_simulate_then_drift_table(demo_dir: Path, tmp_path: Path) -> None:
     config = config_folder(demo_dir, tmp_path, drift={"window_size": 400, "min_rows": 50, "interval_seconds": 3600})
     with live_server(config) as server:
         proc = run("simulate", "--url", server.url, "--rows", "400", "--rate", "400", "--scenario", "categories",
-                   "--batch-size", "20", "--seed", "3")
+                   "--batch-size", "20", "--seed", "3", "--labels", "--label-error-rate", "0.5")
         assert proc.returncode == 0, proc.stderr
-        assert "sent 400 rows, 0 failed" in proc.stdout
+        assert "sent 400 rows, 0 failed, 400 labelled" in proc.stdout
         server.wait_for(lambda m: sample(m, "model_prediction_log_written_total") == 400)
+        assert sample(server.metrics(), "model_feedback_total") == 400
     table = run("drift", "--config", str(config))
     assert table.returncode == 0, table.stderr
     lines = {line.split("│")[1].strip(): line for line in table.stdout.splitlines() if line.count("│") > 5}
     assert "yes" in lines["island"]           # the category mix changed
     assert "no" in lines["bill_length_mm"]
     assert "Drift of the last 400 predictions" in table.stdout
+    accuracy = float(table.stdout.split("accuracy ")[1].split()[0])
+    assert 0.35 < accuracy < 0.65  # half the labels were sent wrong on purpose
 
 
 def test_simulate_rejects_unknown_scenario() -> None:
