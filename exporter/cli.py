@@ -149,7 +149,8 @@ def cmd_drift(args: argparse.Namespace) -> int:
     except (ConfigError, StartupError) as exc:
         return _fail(str(exc))
     cfg = service.settings.drift
-    service.settings.drift.report = False
+    cfg.report = False
+    cfg.isolation = "thread"  # one run: no worker process needed
     service.run_drift_job()
     console = Console(width=None if sys.stdout.isatty() else 160)
     result = service.drift_result
@@ -184,7 +185,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
         shown = ", ".join(f"{k} {v:.4g} (reference {service.quality_reference.get(k, float('nan')):.4g})"
                           for k, v in quality.metrics.items())
         console.print(f"model quality over {quality.rows} labelled predictions: {shown}")
-    service.store.dispose()
+    service.stop()
     return 0
 
 

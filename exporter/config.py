@@ -76,6 +76,10 @@ class DriftSection(_Section):
     per_feature: dict[str, FeatureDriftSection] = Field(default_factory=dict)
     prediction: FeatureDriftSection = Field(default_factory=FeatureDriftSection)
     report: bool = Field(default=True, description="Build the Evidently HTML report served at /monitoring.")
+    timeout_seconds: float = Field(default=300.0, gt=0, description="A run taking longer is abandoned and counted failed.")
+    isolation: Literal["process", "thread"] = Field(
+        default="process", description="Run the job in a worker process (default) or a thread of the service."
+    )
 
 
 class PredictionLogSection(_Section):

@@ -55,6 +55,12 @@ class ExporterCollector(Collector):
         cfg = self.service.settings.drift
         yield CounterMetricFamily("model_drift_job_runs", "Drift job runs.", value=job.runs)
         yield CounterMetricFamily("model_drift_job_failures", "Drift job runs that failed.", value=job.failures)
+        yield CounterMetricFamily(
+            "model_drift_job_timeouts", "Drift job runs abandoned after drift.timeout_seconds.", value=job.timeouts
+        )
+        yield CounterMetricFamily(
+            "model_drift_report_failures", "Runs whose HTML report could not be built.", value=job.report_failures
+        )
         yield _gauge(
             "model_drift_job_last_success_timestamp_seconds",
             "Unix time of the last successful drift job run (0: none yet).",

@@ -18,11 +18,12 @@ from typing import Any
 import pandas as pd
 
 from exporter.config import Settings
-from exporter.drift import CATEGORICAL, NUMERICAL, DriftResult, MethodOverride, Reference, compute_drift
+from exporter.drift import CATEGORICAL, NUMERICAL, DriftResult, MethodOverride, Reference
+from exporter.job import InProcessRunner, JobError, JobSpec, JobTimeout, WorkerRunner
 from exporter.model import Model, Predictions
 from exporter.predictions import LabelUpdate, PredictionLog, PredictionRow, PredictionStore
 from exporter.quality import QualityResult, quality
-from exporter.report import CachedReport, build_report
+from exporter.report import CachedReport
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class JobStats:
     last_duration: float = 0.0
     last_error: str | None = None
     report_failures: int = 0
+    timeouts: int = 0
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -103,6 +105,7 @@ class Service:
             name: MethodOverride(cfg.method, cfg.threshold) for name, cfg in settings.drift.per_feature.items()
         }
         self.prediction_override = MethodOverride(settings.drift.prediction.method, settings.drift.prediction.threshold)
+        self._runner: InProcessRunner | WorkerRunner | None = None
 
     def _reference_predictions(
         self, frame: pd.DataFrame, ref_path: Path
@@ -129,6 +132,8 @@ class Service:
         self.prediction_log.start()
 
     def stop(self) -> None:
+        if self._runner is not None:
+            self._runner.close()
         self.prediction_log.stop(self.settings.prediction_log.shutdown_timeout_seconds)
         self.store.dispose()
 
@@ -189,43 +194,55 @@ class Service:
         return True
 
     # -- drift job ---------------------------------------------------------------------------------------------
+    def job_spec(self) -> JobSpec:
+        cfg = self.settings.drift
+        return JobSpec(
+            reference=self.reference,
+            database_url=self.store.url,
+            window_size=cfg.window_size,
+            window_seconds=cfg.window_seconds,
+            min_rows=cfg.min_rows,
+            drift_share=cfg.drift_share,
+            report=cfg.report,
+            task=self.settings.model.task,
+            classes=self.model.classes,
+            with_quality=self.settings.target is not None,
+            overrides=self.overrides,
+            prediction_override=self.prediction_override,
+        )
+
+    @property
+    def runner(self) -> InProcessRunner | WorkerRunner:
+        if self._runner is None:
+            spec = self.job_spec()
+            self._runner = WorkerRunner(spec) if self.settings.drift.isolation == "process" else InProcessRunner(spec)
+        return self._runner
+
     def run_drift_job(self) -> None:
-        """One run: window -> drift (+ quality) -> publish; then the HTML report. Never raises."""
+        """One run: window -> drift (+ quality, + HTML report) -> publish. Never raises; failures are counted."""
         started = time.monotonic()
         self.job_stats.runs += 1
-        cfg = self.settings.drift
         try:
-            window = self.store.window(cfg.window_size, cfg.window_seconds)
-            result = compute_drift(
-                self.reference,
-                window,
-                min_rows=cfg.min_rows,
-                drift_share=cfg.drift_share,
-                per_feature=self.overrides,
-                prediction_override=self.prediction_override,
-            )
-            quality_result = self._quality() if self.settings.target is not None else None
-        except Exception as exc:
+            output = self.runner.run(self.settings.drift.timeout_seconds)
+        except JobError as exc:
             self.job_stats.failures += 1
-            self.job_stats.last_error = f"{type(exc).__name__}: {exc}"
-            log.exception("drift job failed")
+            if isinstance(exc, JobTimeout):
+                self.job_stats.timeouts += 1
+            self.job_stats.last_error = str(exc)
             self.job_stats.last_duration = time.monotonic() - started
+            log.error("drift job failed: %s", exc)
             return
-        self.drift_result = result
-        self.quality_result = quality_result
+        # Publish by replacing whole objects: readers see one run or the next, never a mix.
+        self.drift_result = output.drift
+        self.quality_result = output.quality
+        if output.report is not None:
+            self.report = output.report
+        if output.report_error is not None:
+            self.job_stats.report_failures += 1
+            log.error("drift report failed: %s", output.report_error)
         self.job_stats.last_success = time.time()
         self.job_stats.last_error = None
-        self.job_stats.last_duration = time.monotonic() - started
-        if cfg.report and result.skipped_reason is None:
-            try:
-                self.report = build_report(self.reference, window, cfg.drift_share, self.overrides)
-            except Exception:
-                self.job_stats.report_failures += 1
-                log.exception("drift report failed")
-
-    def _quality(self) -> QualityResult:
-        labels, preds, probas = self.store.labelled_window(self.settings.drift.window_size)
-        return quality(self.settings.model.task, labels, preds, probas, self.model.classes)
+        self.job_stats.last_duration = output.compute_seconds
 
     def readiness(self) -> dict[str, bool]:
         return {

@@ -15,7 +15,7 @@ from tests.test_api import GOOD
 
 
 def test_slow_job_never_overlaps_and_predict_keeps_answering(demo_dir: Path, tmp_path: Path) -> None:
-    config = config_folder(demo_dir, tmp_path, drift={"interval_seconds": 0.2, "min_rows": 1})
+    config = config_folder(demo_dir, tmp_path, drift={"interval_seconds": 0.2, "min_rows": 1, "isolation": "thread"})
     app = create_app(load_settings(config))
     service = app.state.service
     running = 0
@@ -50,3 +50,27 @@ def test_slow_job_never_overlaps_and_predict_keeps_answering(demo_dir: Path, tmp
     assert 2 <= calls <= 5  # coalesced: not one per missed 0.2 s tick
     assert max(latencies) < 0.5  # the event loop is never blocked by the job
     assert service.job_stats.runs >= 2 and service.job_stats.failures == 0
+
+
+def test_overrunning_run_is_abandoned_counted_and_next_run_recovers(demo_dir: Path, tmp_path: Path) -> None:
+    config = config_folder(demo_dir, tmp_path, drift={"min_rows": 1, "timeout_seconds": 0.05})
+    app = create_app(load_settings(config), start_scheduler=False)
+    service = app.state.service
+    with TestClient(app) as client:
+        assert client.post("/predict", json=GOOD).status_code == 200
+        service.run_drift_job()  # starting the worker alone takes longer than 50 ms
+        assert service.job_stats.failures == 1 and service.job_stats.timeouts == 1
+        assert "timeout" in (service.job_stats.last_error or "")
+        assert not service.runner._proc.is_alive()  # abandoned: the worker was killed
+        assert service.drift_result is None and service.job_stats.last_success == 0
+        service.settings.drift.timeout_seconds = 120
+        deadline = time.monotonic() + 10
+        while service.prediction_log.queued and time.monotonic() < deadline:
+            time.sleep(0.05)
+        service.run_drift_job()
+        assert service.job_stats.failures == 1 and service.job_stats.runs == 2
+        assert service.drift_result is not None and service.drift_result.window_rows == 1
+        assert service.runner.restarts == 1
+        text = client.get("/metrics").text
+        assert "model_drift_job_timeouts_total 1.0" in text
+        assert "model_drift_job_failures_total 1.0" in text

@@ -1,0 +1,172 @@
+"""One drift job run (window -> drift, quality, report), in this process or in a worker process.
+
+The worker process keeps the reference and a database connection between runs. It has a core and a GIL of its
+own, so a long computation does not slow the prediction API, and a run that overruns its timeout is abandoned by
+killing the worker (a thread could not be stopped); the next run starts a fresh one.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+from exporter.drift import DriftResult, MethodOverride, Reference, compute_drift
+from exporter.predictions import PredictionStore
+from exporter.quality import QualityResult, quality
+from exporter.report import CachedReport, build_report
+
+log = logging.getLogger(__name__)
+
+
+class JobError(Exception):
+    """A run failed; the message says why."""
+
+
+class JobTimeout(JobError):
+    """A run took longer than its timeout and was abandoned."""
+
+
+@dataclass
+class JobSpec:
+    """Everything a run needs; picklable, so a worker process gets it once at start."""
+
+    reference: Reference
+    database_url: str
+    window_size: int
+    window_seconds: float | None
+    min_rows: int
+    drift_share: float
+    report: bool
+    task: str
+    classes: list[Any]
+    with_quality: bool
+    overrides: dict[str, MethodOverride] = field(default_factory=dict)
+    prediction_override: MethodOverride = field(default_factory=MethodOverride)
+
+
+@dataclass
+class JobOutput:
+    drift: DriftResult
+    quality: QualityResult | None
+    report: CachedReport | None
+    report_error: str | None
+    compute_seconds: float  # window, drift and quality; the report is built after and not counted
+
+
+def run_job(spec: JobSpec, store: PredictionStore) -> JobOutput:
+    started = time.monotonic()
+    window = store.window(spec.window_size, spec.window_seconds)
+    result = compute_drift(
+        spec.reference,
+        window,
+        min_rows=spec.min_rows,
+        drift_share=spec.drift_share,
+        per_feature=spec.overrides,
+        prediction_override=spec.prediction_override,
+    )
+    quality_result = None
+    if spec.with_quality:
+        labels, preds, probas = store.labelled_window(spec.window_size)
+        quality_result = quality(spec.task, labels, preds, probas, spec.classes)
+    compute_seconds = time.monotonic() - started
+    report = report_error = None
+    if spec.report and result.skipped_reason is None:
+        try:
+            report = build_report(spec.reference, window, spec.drift_share, spec.overrides)
+        except Exception as exc:
+            report_error = f"{type(exc).__name__}: {exc}"
+    return JobOutput(result, quality_result, report, report_error, compute_seconds)
+
+
+class InProcessRunner:
+    """Runs in the calling thread (the CLI's one-off `exporter drift`, or `drift.isolation: thread`).
+    The timeout cannot be enforced here."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        self.spec = spec
+        self.store = PredictionStore(spec.database_url)
+
+    def run(self, timeout: float) -> JobOutput:
+        try:
+            return run_job(self.spec, self.store)
+        except Exception as exc:
+            raise JobError(f"{type(exc).__name__}: {exc}") from exc
+
+    def close(self) -> None:
+        self.store.dispose()
+
+
+def _worker_main(conn: Connection, spec: JobSpec) -> None:
+    store = PredictionStore(spec.database_url)
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:  # the service is gone
+            break
+        if message != "run":
+            break
+        try:
+            conn.send(("ok", run_job(spec, store)))
+        except Exception as exc:
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    store.dispose()
+
+
+class WorkerRunner:
+    """Runs in a long-lived worker process, replaced when a run overruns its timeout or the process dies."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        self.spec = spec
+        self._ctx = mp.get_context("spawn")  # never fork a process that runs threads
+        self._proc: Any = None
+        self._conn: Connection | None = None
+        self.restarts = 0
+
+    def _ensure(self) -> Connection:
+        if self._proc is None or not self._proc.is_alive() or self._conn is None:
+            if self._proc is not None:
+                self.restarts += 1
+            parent, child = self._ctx.Pipe()
+            self._proc = self._ctx.Process(
+                target=_worker_main, args=(child, self.spec), name="exporter-drift-worker", daemon=True
+            )
+            self._proc.start()
+            child.close()
+            self._conn = parent
+        return self._conn
+
+    def run(self, timeout: float) -> JobOutput:
+        conn = self._ensure()
+        try:
+            conn.send("run")
+            if not conn.poll(timeout):
+                self._kill()
+                raise JobTimeout(f"run exceeded the {timeout:g}s timeout and was abandoned")
+            status, payload = conn.recv()
+        except (EOFError, OSError, BrokenPipeError) as exc:
+            self._kill()
+            raise JobError(f"drift worker process died: {exc or type(exc).__name__}") from exc
+        if status != "ok":
+            raise JobError(str(payload))
+        return payload  # type: ignore[no-any-return]
+
+    def _kill(self) -> None:
+        if self._proc is not None and self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(5)
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = None
+
+    def close(self) -> None:
+        if self._conn is not None and self._proc is not None and self._proc.is_alive():
+            try:
+                self._conn.send("stop")
+                self._proc.join(5)
+            except OSError:
+                pass
+        self._kill()
