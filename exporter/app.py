@@ -3,6 +3,7 @@
 import gzip
 import json
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -22,6 +23,7 @@ from exporter.metrics import build_registry
 from exporter.report import placeholder_page
 from exporter.scheduler import DriftScheduler
 from exporter.schema import BatchPredictionResponse, Label, PredictionResponse, batch_model, record_model
+from exporter.security import BearerToken, BodySizeLimit, protected
 from exporter.service import Service
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,7 @@ class FeedbackAccepted(BaseModel):
 
 
 def create_app(settings: Settings, *, start_scheduler: bool = True) -> FastAPI:
+    os.environ.setdefault("DO_NOT_TRACK", "1")  # no Evidently usage telemetry from a production service
     service = Service(settings)
     registry = build_registry(service)
     scheduler = DriftScheduler(service, settings.drift.interval_seconds)
@@ -75,6 +78,9 @@ def create_app(settings: Settings, *, start_scheduler: bool = True) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    token = BearerToken(settings.auth.token)
+    private = protected(token)
     app.state.service = service
     app.state.registry = registry
     app.state.scheduler = scheduler
@@ -128,21 +134,23 @@ def create_app(settings: Settings, *, start_scheduler: bool = True) -> FastAPI:
             raise HTTPException(503, "prediction log queue is full; retry later")
         return FeedbackAccepted(accepted=len(items))
 
-    @app.post("/feedback", status_code=202, response_model=FeedbackAccepted, tags=["feedback"])
+    @app.post("/feedback", status_code=202, response_model=FeedbackAccepted, tags=["feedback"], dependencies=private)
     def feedback(item: Feedback) -> Any:  # type: ignore[valid-type]
         """Attach the true label to a logged prediction (idempotent; a different label replaces it)."""
         return _feedback([item])
 
-    @app.post("/feedback/batch", status_code=202, response_model=FeedbackAccepted, tags=["feedback"])
+    @app.post(
+        "/feedback/batch", status_code=202, response_model=FeedbackAccepted, tags=["feedback"], dependencies=private
+    )
     def feedback_batch(batch: FeedbackBatch) -> Any:  # type: ignore[valid-type]
         """Attach labels to several predictions; all-or-nothing when a request_id is unknown."""
         return _feedback(batch.labels)  # type: ignore[attr-defined]
 
-    @app.get("/metrics", tags=["monitoring"])
+    @app.get("/metrics", tags=["monitoring"], dependencies=protected(token, settings.auth.protect_metrics))
     def prometheus_metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/drift", tags=["monitoring"])
+    @app.get("/drift", tags=["monitoring"], dependencies=private)
     def drift() -> JSONResponse:
         """The latest drift result (per feature: type, stat test, score, threshold, detected; share; window)."""
         result = service.drift_result
@@ -162,7 +170,7 @@ def create_app(settings: Settings, *, start_scheduler: bool = True) -> FastAPI:
         }
         return JSONResponse(body)
 
-    @app.get("/monitoring", response_class=HTMLResponse, tags=["monitoring"])
+    @app.get("/monitoring", response_class=HTMLResponse, tags=["monitoring"], dependencies=private)
     def monitoring(request: Request) -> Response:
         """Evidently's HTML drift report of the latest window, built by the drift job."""
         report = service.report

@@ -89,6 +89,14 @@ class PredictionLogSection(_Section):
     shutdown_timeout_seconds: float = Field(default=30.0, gt=0)
 
 
+class AuthSection(_Section):
+    token: str | None = Field(
+        default=None,
+        description="Bearer token required by /monitoring, /drift and /feedback (set it with EXPORTER_AUTH__TOKEN).",
+    )
+    protect_metrics: bool = Field(default=False, description="Also require the token on /metrics.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EXPORTER_", env_nested_delimiter="__", extra="forbid")
 
@@ -100,6 +108,8 @@ class Settings(BaseSettings):
     drift: DriftSection = Field(default_factory=DriftSection)
     prediction_log: PredictionLogSection = Field(default_factory=PredictionLogSection)
     max_batch_records: int = Field(default=1000, ge=1)
+    max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024, description="Larger request bodies get 413.")
+    auth: AuthSection = Field(default_factory=AuthSection)
     config_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 
     @field_validator("database_url")
