@@ -24,7 +24,7 @@ from exporter.report import placeholder_page
 from exporter.scheduler import DriftScheduler
 from exporter.schema import BatchPredictionResponse, Label, PredictionResponse, batch_model, record_model
 from exporter.security import BearerToken, BodySizeLimit, protected
-from exporter.service import Service
+from exporter.service import PredictionError, Service
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,10 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
             item["input"] = _json_safe(jsonable_encoder(err["input"], custom_encoder={float: lambda f: f}))
         detail.append(item)
     return JSONResponse({"detail": detail}, status_code=422)
+
+
+async def prediction_error(request: Request, exc: PredictionError) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=422)
 
 
 class FeedbackAccepted(BaseModel):
@@ -78,6 +82,7 @@ def create_app(settings: Settings, *, start_scheduler: bool = True) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(PredictionError, prediction_error)  # type: ignore[arg-type]
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     token = BearerToken(settings.auth.token)
     private = protected(token)

@@ -55,6 +55,7 @@ class JobOutput:
     report: CachedReport | None
     report_error: str | None
     compute_seconds: float  # window, drift and quality; the report is built after and not counted
+    report_seconds: float = 0.0
 
 
 def run_job(spec: JobSpec, store: PredictionStore) -> JobOutput:
@@ -74,12 +75,14 @@ def run_job(spec: JobSpec, store: PredictionStore) -> JobOutput:
         quality_result = quality(spec.task, labels, preds, probas, spec.classes)
     compute_seconds = time.monotonic() - started
     report = report_error = None
+    report_started = time.monotonic()
     if spec.report and result.skipped_reason is None:
         try:
             report = build_report(spec.reference, window, spec.drift_share, spec.overrides)
         except Exception as exc:
             report_error = f"{type(exc).__name__}: {exc}"
-    return JobOutput(result, quality_result, report, report_error, compute_seconds)
+    return JobOutput(result, quality_result, report, report_error, compute_seconds,
+                     time.monotonic() - report_started)
 
 
 class InProcessRunner:

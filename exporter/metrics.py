@@ -66,7 +66,14 @@ class ExporterCollector(Collector):
             "Unix time of the last successful drift job run (0: none yet).",
             job.last_success,
         )
-        yield _gauge("model_drift_job_duration_seconds", "Duration of the last drift job run.", job.last_duration)
+        yield _gauge(
+            "model_drift_job_duration_seconds", "Duration of the last drift job run (window, drift, quality).",
+            job.last_duration,
+        )
+        yield _gauge(
+            "model_drift_report_duration_seconds", "Time the last run spent building the HTML report.",
+            job.last_report_duration,
+        )
         yield _gauge("model_drift_job_interval_seconds", "Configured interval between drift job runs.", cfg.interval_seconds)
         yield _gauge(
             "model_dataset_drift_share_threshold",

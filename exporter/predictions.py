@@ -31,9 +31,14 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine, make_url
 
 log = logging.getLogger(__name__)
+
+
+class _Permanent(Exception):
+    """A write error that retrying will not fix."""
 
 metadata = MetaData()
 predictions_table = Table(
@@ -314,12 +319,20 @@ class PredictionLog:
         # Predictions first, then labels: a label queued after its prediction finds the row in place.
         predictions = [r for r in batch if isinstance(r, PredictionRow)]
         labels = [r for r in batch if isinstance(r, LabelUpdate)]
-        rows = [r.as_db() for r in predictions]
-        self._retry(lambda: self._insert(rows), "prediction")
-        if labels:
-            self._retry(lambda: self.store.set_labels(labels), "label")
+        rows: list[dict[str, Any]] = []
+        lost = 0
+        for r in predictions:
+            try:
+                rows.append(r.as_db())
+            except (TypeError, ValueError) as exc:  # e.g. a value JSON cannot hold
+                lost += 1
+                log.error("prediction log: row %s cannot be stored: %s", r.request_id, exc)
+        lost += self._persist(rows, self._insert, "prediction")
+        labels_lost = self._persist(labels, self.store.set_labels, "label") if labels else 0
         with self._lock:
-            self.written += len(rows)
+            self.written += len(predictions) - lost
+            self.dropped += lost
+            self.labels_dropped += labels_lost
             self._pending -= len(batch)
             for r in predictions:
                 self._pending_ids.pop(r.request_id, None)
@@ -335,14 +348,34 @@ class PredictionLog:
                 # A batch whose commit succeeded although the client saw an error: keep only the missing rows.
                 rows = self.store.without_existing(rows)
 
-    def _retry(self, write: Any, what: str) -> None:
-        """Run ``write`` until it succeeds, backing off while the database is unreachable."""
+    def _persist(self, items: list[Any], write: Any, what: str) -> int:
+        """Write ``items``, retrying with backoff while the database is unreachable. An error that retrying cannot
+        fix (a row the database refuses) is isolated by writing row by row; returns how many rows were refused."""
+        if not items:
+            return 0
+        try:
+            self._until_written(lambda: write(items), what)
+            return 0
+        except _Permanent as exc:
+            log.error("prediction log: %s batch refused (%s); writing row by row", what, exc)
+        refused = 0
+        for item in items:
+            try:
+                self._until_written(lambda item=item: write([item]), what)
+            except _Permanent as exc:
+                refused += 1
+                log.error("prediction log: %s row refused by the database and dropped: %s", what, exc)
+        return refused
+
+    def _until_written(self, write: Any, what: str) -> None:
         backoff = 0.1
         while True:
             try:
                 write()
                 break
             except Exception as exc:
+                if not self._is_transient(exc):
+                    raise _Permanent(str(exc)) from exc
                 self.write_errors += 1
                 if self.database_up:
                     log.error("prediction log: %s write failed, retrying with backoff: %s", what, exc)
@@ -352,6 +385,14 @@ class PredictionLog:
         if not self.database_up:
             log.warning("prediction log: database reachable again")
         self.database_up = True
+
+    @staticmethod
+    def _is_transient(exc: BaseException) -> bool:
+        """Connection-level trouble worth waiting out, as opposed to a row the database will never accept."""
+        if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError,
+                            sa_exc.TimeoutError, ConnectionError, TimeoutError)):
+            return True
+        return bool(getattr(exc, "connection_invalidated", False))
 
     @staticmethod
     def _is_duplicate(exc: Exception) -> bool:

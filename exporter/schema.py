@@ -8,13 +8,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, create_model
 
 from exporter.config import FeaturesSection
 
 Number = Annotated[StrictFloat, Field(allow_inf_nan=False)]  # accepts ints, rejects "1.5" and true
-Category = Annotated[StrictStr, Field(max_length=256)]
-Label = StrictInt | StrictFloat | StrictStr | bool
+def _encodable(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("string is not valid Unicode (lone surrogate)") from exc
+    return value
+
+
+Category = Annotated[StrictStr, Field(max_length=256), AfterValidator(_encodable)]
+Label = StrictInt | Annotated[StrictFloat, Field(allow_inf_nan=False)] | Annotated[StrictStr, AfterValidator(_encodable)] | bool
 
 
 class _Record(BaseModel):

@@ -8,6 +8,7 @@ immutable objects, so readers (the metrics collector, /drift) always see one run
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import uuid
@@ -28,6 +29,10 @@ from exporter.report import CachedReport
 log = logging.getLogger(__name__)
 
 
+class PredictionError(Exception):
+    """The model could not predict on valid-looking input (it raised, or gave a non-finite output)."""
+
+
 class StartupError(Exception):
     """A problem that prevents the service from starting, with a message naming the file and the problem."""
 
@@ -41,6 +46,14 @@ class JobStats:
     last_error: str | None = None
     report_failures: int = 0
     timeouts: int = 0
+    last_report_duration: float = 0.0
+
+
+def _finite(result: Predictions) -> bool:
+    numbers = [v for v in result.values if isinstance(v, float)]
+    if result.probabilities is not None:
+        numbers += [p for row in result.probabilities for p in row.values()]
+    return all(math.isfinite(v) for v in numbers)
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -139,7 +152,12 @@ class Service:
 
     # -- predictions -------------------------------------------------------------------------------------------
     def predict(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        result: Predictions = self.model.predict(records)
+        try:
+            result: Predictions = self.model.predict(records)
+        except (ValueError, TypeError) as exc:  # scikit-learn's way of refusing an input
+            raise PredictionError(f"the model cannot predict on this input: {exc}") from exc
+        if not _finite(result):
+            raise PredictionError("the model gave a non-finite output for this input")
         now = time.time()
         version = self.settings.model.version
         rows = [
@@ -243,6 +261,7 @@ class Service:
         self.job_stats.last_success = time.time()
         self.job_stats.last_error = None
         self.job_stats.last_duration = output.compute_seconds
+        self.job_stats.last_report_duration = output.report_seconds
 
     def readiness(self) -> dict[str, bool]:
         return {
