@@ -87,3 +87,27 @@ def test_label_for_a_queued_prediction_lands_after_it(tmp_path: Path) -> None:
     assert s.lookup_label("nope") == (False, None)
     labels, preds, probas = s.labelled_window(10)
     assert labels == ["B"] and preds == ["A"] and probas == [{"A": 0.9, "B": 0.1}]
+
+
+def test_row_the_database_refuses_is_dropped_and_counted_not_retried_forever(tmp_path: Path) -> None:
+    from sqlalchemy import exc as sa_exc
+
+    s = store(tmp_path)
+    original = s.insert
+
+    def picky(batch: list[dict[str, object]]) -> None:
+        if any(r["request_id"] == "id7" for r in batch):
+            raise sa_exc.DataError("INSERT ...", {}, ValueError("value out of range"))
+        original(batch)
+
+    s.insert = picky  # type: ignore[method-assign]
+    log = PredictionLog(s, batch_size=100, flush_interval=0.05)
+    log.start()
+    log.enqueue(rows(20))
+    unserialisable = PredictionRow("nan-row", time.time(), "1", {"a": float("nan")}, "A", None)
+    log.enqueue([unserialisable])
+    log.enqueue(rows(5, start=100))
+    log.stop(timeout=30)
+    assert s.count() == 24
+    assert log.written == 24 and log.dropped == 2 and log.queued == 0
+    assert log.database_up
