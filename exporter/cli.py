@@ -56,6 +56,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers == 1:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=30)
     else:
+        logging.getLogger("exporter").warning(
+            "--workers %d: each worker runs its own drift job and counters, and a scrape reaches one of them; "
+            "prefer replicas of one worker each sharing a PostgreSQL database_url", args.workers
+        )
         os.environ[CONFIG_ENV] = str(path.resolve())
         uvicorn.run(
             "exporter.cli:app_factory", factory=True, host=args.host, port=args.port, workers=args.workers,
