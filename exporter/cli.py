@@ -171,7 +171,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
         table.add_row(
             f.feature, f.feature_type, f.stat_test_display or "-",
             "-" if f.score is None else f"{f.score:.4g}", "-" if f.threshold is None else f"{f.threshold:.4g}",
-            f"[red]yes" if f.detected else ("[green]no" if f.detected is False else f"[yellow]{f.error}"),
+            "[red]yes" if f.detected else ("[green]no" if f.detected is False else f"[yellow]{f.error}"),
             f"{f.missing_share:.1%}", f"{f.unseen_share:.1%}",
         )
     console.print(table)

@@ -182,23 +182,30 @@ def feature_drift(
     else:
         unseen = int((~present.isin(reference.categories[name])).sum())
     unseen_share = unseen / rows if rows else 0.0
-    base = dict(feature=name, feature_type=kind, missing_share=missing_share, unseen_share=unseen_share)
+
+    def made(
+        stat_test: str | None = None,
+        display: str | None = None,
+        score: float | None = None,
+        threshold: float | None = None,
+        detected: bool | None = None,
+        error: str | None = None,
+    ) -> FeatureDrift:
+        return FeatureDrift(name, kind, stat_test, display, score, threshold, detected, missing_share, unseen_share,
+                            error)
+
     if present.empty:
-        return FeatureDrift(**base, stat_test=None, stat_test_display=None, score=None, threshold=None,
-                            detected=None, error="no values in the window (all missing)")
+        return made(error="no values in the window (all missing)")
     try:
         test, display, score, threshold, detected = _stat_test(
             reference.columns[name], present, kind, override or MethodOverride()
         )
     except Exception as exc:  # one broken feature must not hide the others
         log.warning("drift: feature %s failed: %s", name, exc)
-        return FeatureDrift(**base, stat_test=None, stat_test_display=None, score=None, threshold=None,
-                            detected=None, error=f"{type(exc).__name__}: {exc}")
+        return made(error=f"{type(exc).__name__}: {exc}")
     if not np.isfinite(score):
-        return FeatureDrift(**base, stat_test=test, stat_test_display=display, score=None, threshold=threshold,
-                            detected=None, error=f"{display} gave a non-finite score")
-    return FeatureDrift(**base, stat_test=test, stat_test_display=display, score=score, threshold=threshold,
-                        detected=detected)
+        return made(test, display, threshold=threshold, error=f"{display} gave a non-finite score")
+    return made(test, display, score, threshold, detected)
 
 
 def compute_drift(

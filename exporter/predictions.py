@@ -190,7 +190,7 @@ class PredictionStore:
         if max_age_seconds is not None:
             query = query.where(t.created_at >= (now or time.time()) - max_age_seconds)
         with self.engine.connect() as conn:
-            rows = conn.execute(query).all()
+            rows = list(conn.execute(query).all())
         rows.reverse()
         frame = pd.DataFrame.from_records([json.loads(r.features) for r in rows])
         frame["prediction"] = [json.loads(r.prediction) for r in rows]

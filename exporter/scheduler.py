@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -17,7 +17,7 @@ class DriftScheduler:
         self.service = service
         self.interval = interval_seconds
         self._scheduler = BackgroundScheduler(
-            timezone=timezone.utc,
+            timezone=UTC,
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": max(1, int(interval_seconds))},
         )
 
@@ -29,7 +29,7 @@ class DriftScheduler:
             seconds=self.interval,
             id="drift",
             name="drift",
-            next_run_time=datetime.now(timezone.utc),
+            next_run_time=datetime.now(UTC),
         )
         self._scheduler.start()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from typing import Any
 
@@ -57,8 +58,8 @@ class BodySizeLimit:
         await self.app(scope, replay, send)
 
     async def _reject(self, send: Send) -> None:
-        body = (
-            '{"detail":"request body larger than the limit of %d bytes (config: max_body_bytes)"}' % self.max_bytes
+        body = json.dumps(
+            {"detail": f"request body larger than the limit of {self.max_bytes} bytes (config: max_body_bytes)"}
         ).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})

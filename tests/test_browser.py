@@ -8,7 +8,6 @@ missing browser fails the test (it never skips).
 
 from __future__ import annotations
 
-import shutil
 import struct
 import subprocess
 import zlib

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, func, select
 
-from exporter.demo import NUMERICAL, CATEGORICAL, Traffic
+from exporter.demo import CATEGORICAL, NUMERICAL, Traffic
 from exporter.predictions import predictions_table
 from tests.helpers import LiveServer, config_folder, live_server, sample
 
