@@ -7,6 +7,7 @@ killing the worker (a thread could not be stopped); the next run starts a fresh 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import time
@@ -166,10 +167,9 @@ class WorkerRunner:
         self._conn = None
 
     def close(self) -> None:
+        """Stop the worker; a run in progress is abandoned (its caller gets a JobError)."""
         if self._conn is not None and self._proc is not None and self._proc.is_alive():
-            try:
+            with contextlib.suppress(OSError):
                 self._conn.send("stop")
-                self._proc.join(5)
-            except OSError:
-                pass
+                self._proc.join(1)
         self._kill()

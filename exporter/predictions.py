@@ -224,6 +224,7 @@ class PredictionLog:
         self.dropped = 0
         self.write_errors = 0
         self.labels_dropped = 0
+        self.schema_ready = False
         self.database_up = True
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -371,10 +372,17 @@ class PredictionLog:
         backoff = 0.1
         while True:
             try:
+                if not self.schema_ready:
+                    # The database may have been down at start-up, or the table dropped since: (re)create it here.
+                    self.store.create_schema()
+                    self.schema_ready = True
                 write()
                 break
             except Exception as exc:
-                if not self._is_transient(exc):
+                if self._is_missing_table(exc):
+                    self.schema_ready = False
+                elif not self._is_transient(exc):
+                    self._mark_up()  # the database answered: it is up, it just refuses this row
                     raise _Permanent(str(exc)) from exc
                 self.write_errors += 1
                 if self.database_up:
@@ -382,9 +390,17 @@ class PredictionLog:
                 self.database_up = False
                 time.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
+        self._mark_up()
+
+    def _mark_up(self) -> None:
         if not self.database_up:
             log.warning("prediction log: database reachable again")
         self.database_up = True
+
+    @staticmethod
+    def _is_missing_table(exc: BaseException) -> bool:
+        message = str(exc).lower()
+        return "no such table" in message or ("relation" in message and "does not exist" in message)
 
     @staticmethod
     def _is_transient(exc: BaseException) -> bool:

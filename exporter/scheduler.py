@@ -34,5 +34,7 @@ class DriftScheduler:
         self._scheduler.start()
 
     def stop(self) -> None:
+        # Do not wait for a run in progress: shutdown must stay within the container's grace period. The service
+        # then stops the job's worker process; the interrupted run is counted as failed.
         if self._scheduler.running:
-            self._scheduler.shutdown(wait=True)
+            self._scheduler.shutdown(wait=False)

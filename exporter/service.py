@@ -138,8 +138,9 @@ class Service:
     def start(self) -> None:
         try:
             self.store.create_schema()
+            self.prediction_log.schema_ready = True
         except Exception as exc:
-            # The writer retries until the database is reachable; readiness reports it down meanwhile.
+            # The writer creates the table once the database is reachable; readiness reports it down meanwhile.
             log.error("database not reachable at start-up (%s); predictions are buffered until it is", exc)
             self.prediction_log.database_up = False
         self.prediction_log.start()

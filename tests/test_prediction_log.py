@@ -111,3 +111,31 @@ def test_row_the_database_refuses_is_dropped_and_counted_not_retried_forever(tmp
     assert s.count() == 24
     assert log.written == 24 and log.dropped == 2 and log.queued == 0
     assert log.database_up
+
+
+def test_table_created_once_the_database_comes_up(tmp_path: Path) -> None:
+    s = PredictionStore(f"sqlite:///{tmp_path / 'log.db'}")  # no create_schema(): as if down at start-up
+    attempts = 0
+    original = s.create_schema
+
+    def flaky_create() -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts < 3:
+            raise ConnectionError("database is down")
+        original()
+
+    s.create_schema = flaky_create  # type: ignore[method-assign]
+    log = PredictionLog(s, batch_size=10, flush_interval=0.05, max_backoff=0.1)
+    log.start()
+    log.enqueue(rows(15))
+    log.stop(timeout=30)
+    assert attempts == 3 and s.count() == 15 and log.written == 15 and log.database_up
+    with s.engine.begin() as conn:  # the table vanishes under a running service
+        conn.execute(text("DROP TABLE predictions"))
+    log2 = PredictionLog(s, batch_size=10, flush_interval=0.05)
+    log2.schema_ready = True
+    log2.start()
+    log2.enqueue(rows(4, start=50))
+    log2.stop(timeout=30)
+    assert s.count() == 4 and log2.written == 4 and log2.dropped == 0

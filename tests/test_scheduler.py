@@ -74,3 +74,27 @@ def test_overrunning_run_is_abandoned_counted_and_next_run_recovers(demo_dir: Pa
         text = client.get("/metrics").text
         assert "model_drift_job_timeouts_total 1.0" in text
         assert "model_drift_job_failures_total 1.0" in text
+
+
+def test_stop_does_not_wait_for_a_run_in_progress(demo_dir: Path, tmp_path: Path) -> None:
+    from exporter.scheduler import DriftScheduler
+
+    config = config_folder(demo_dir, tmp_path)
+    app = create_app(load_settings(config), start_scheduler=False)
+    started = threading.Event()
+    release = threading.Event()
+
+    class SlowService:
+        def run_drift_job(self) -> None:
+            started.set()
+            release.wait(30)  # a run far longer than any shutdown grace period
+
+    scheduler = DriftScheduler(SlowService(), 60)  # type: ignore[arg-type]
+    scheduler.start()
+    assert started.wait(10)
+    t0 = time.monotonic()
+    scheduler.stop()
+    stopped_in = time.monotonic() - t0
+    release.set()
+    app.state.service.stop()
+    assert stopped_in < 2.0
