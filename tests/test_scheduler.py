@@ -15,7 +15,7 @@ from tests.test_api import GOOD
 
 
 def test_slow_job_never_overlaps_and_predict_keeps_answering(demo_dir: Path, tmp_path: Path) -> None:
-    config = config_folder(demo_dir, tmp_path, drift={"interval_seconds": 0.2, "min_rows": 1, "isolation": "thread"})
+    config = config_folder(demo_dir, tmp_path, drift={"interval_seconds": 0.2, "min_rows": 1, "isolation": "thread", "report": False})
     app = create_app(load_settings(config))
     service = app.state.service
     running = 0
@@ -31,7 +31,7 @@ def test_slow_job_never_overlaps_and_predict_keeps_answering(demo_dir: Path, tmp
             calls += 1
             max_running = max(max_running, running)
         try:
-            time.sleep(1.0)  # a run five times longer than the interval
+            time.sleep(1.5)  # a run several times longer than the interval
             original()
         finally:
             with lock:
@@ -47,8 +47,8 @@ def test_slow_job_never_overlaps_and_predict_keeps_answering(demo_dir: Path, tmp
             latencies.append(time.monotonic() - started)
             time.sleep(0.02)
     assert max_running == 1
-    assert 2 <= calls <= 5  # coalesced: not one per missed 0.2 s tick
-    assert max(latencies) < 0.5  # the event loop is never blocked by the job
+    assert 2 <= calls <= 4  # coalesced: not one per missed 0.2 s tick
+    assert max(latencies) < 1.0  # a blocked event loop would wait out a whole 1.5 s run
     assert service.job_stats.runs >= 2 and service.job_stats.failures == 0
 
 
