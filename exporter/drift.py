@@ -15,13 +15,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from evidently.legacy.calculations.stattests import get_stattest
-from evidently.legacy.core import ColumnType
+
+from exporter.stattests import CATEGORICAL, NUMERICAL, ColumnStats, run_test
 
 log = logging.getLogger(__name__)
 
-NUMERICAL = "numerical"
-CATEGORICAL = "categorical"
 
 
 @dataclass(frozen=True)
@@ -107,6 +105,7 @@ class Reference:
         self.categorical = list(categorical)
         self.frame = normalise(frame, numerical, categorical)
         self.columns: dict[str, pd.Series] = {}
+        self.stats: dict[str, ColumnStats] = {}
         self.categories: dict[str, set[str]] = {}
         self.ranges: dict[str, tuple[float, float]] = {}
         for name in numerical:
@@ -114,15 +113,20 @@ class Reference:
             if col.empty:
                 raise ValueError(f"reference column {name!r} has no finite values")
             self.columns[name] = col
+            self.stats[name] = ColumnStats(col, NUMERICAL)
             self.ranges[name] = (float(col.min()), float(col.max()))
         for name in categorical:
             col = self.frame[name].dropna()
             if col.empty:
                 raise ValueError(f"reference column {name!r} has no values")
             self.columns[name] = col
-            self.categories[name] = set(col.unique())
+            self.stats[name] = ColumnStats(col, CATEGORICAL)
+            self.categories[name] = self.stats[name].unique
         self.prediction_type = prediction_type
         self.predictions = None if predictions is None else _clean(_typed(predictions, prediction_type))
+        self.prediction_stats = None
+        if self.predictions is not None and not self.predictions.empty:
+            self.prediction_stats = ColumnStats(self.predictions, prediction_type)
         digest = hashlib.sha256(pd.util.hash_pandas_object(self.frame[numerical + categorical], index=False).values)
         self.hash = digest.hexdigest()[:12]
 
@@ -137,7 +141,11 @@ class Reference:
 def _typed(col: pd.Series, kind: str) -> pd.Series:
     if kind == NUMERICAL:
         return pd.to_numeric(col, errors="coerce").astype(float)
-    return col.astype(object).where(col.notna(), None).map(lambda v: v if v is None else str(v))
+    present = col.notna()
+    out = col.astype(object).where(present, None)
+    if pd.api.types.infer_dtype(out[present], skipna=True) not in ("string", "empty"):
+        out[present] = out[present].astype(str)
+    return out
 
 
 def _clean(col: pd.Series) -> pd.Series:
@@ -148,24 +156,23 @@ def _clean(col: pd.Series) -> pd.Series:
 
 def normalise(frame: pd.DataFrame, numerical: list[str], categorical: list[str]) -> pd.DataFrame:
     """Numbers as float, categories as str (missing stays missing), in one fixed column order."""
-    out = pd.DataFrame(index=frame.index)
+    columns: dict[str, pd.Series] = {}
     for name in numerical:
-        out[name] = _typed(frame[name], NUMERICAL) if name in frame else np.nan
+        columns[name] = (
+            _typed(frame[name], NUMERICAL) if name in frame else pd.Series(np.nan, index=frame.index, dtype=float)
+        )
     for name in categorical:
-        out[name] = _typed(frame[name], CATEGORICAL) if name in frame else None
-    return out
-
-
-def _column_type(kind: str) -> ColumnType:
-    return ColumnType.Numerical if kind == NUMERICAL else ColumnType.Categorical
+        columns[name] = (
+            _typed(frame[name], CATEGORICAL) if name in frame else pd.Series(None, index=frame.index, dtype=object)
+        )
+    return pd.DataFrame(columns, index=frame.index)
 
 
 def _stat_test(
-    ref: pd.Series, cur: pd.Series, kind: str, override: MethodOverride
+    ref: ColumnStats, cur: pd.Series, kind: str, override: MethodOverride
 ) -> tuple[str, str, float, float, bool]:
-    test = get_stattest(ref, cur, _column_type(kind), override.method)
-    result = test(ref, cur, _column_type(kind), override.threshold)
-    return test.name, test.display_name, float(result.drift_score), float(result.actual_threshold), bool(result.drifted)
+    r = run_test(ref, cur, override.method, override.threshold)
+    return r.name, r.display, r.score, r.threshold, r.detected
 
 
 def feature_drift(
@@ -198,7 +205,7 @@ def feature_drift(
         return made(error="no values in the window (all missing)")
     try:
         test, display, score, threshold, detected = _stat_test(
-            reference.columns[name], present, kind, override or MethodOverride()
+            reference.stats[name], present, kind, override or MethodOverride()
         )
     except Exception as exc:  # one broken feature must not hide the others
         log.warning("drift: feature %s failed: %s", name, exc)
@@ -233,12 +240,13 @@ def compute_drift(
         for name in reference.numerical + reference.categorical
     }
     prediction = None
-    if reference.predictions is not None and "prediction" in window:
+    if reference.prediction_stats is not None and "prediction" in window:
         current = _clean(_typed(window["prediction"], reference.prediction_type))
         if not current.empty:
             try:
                 test, display, score, threshold, detected = _stat_test(
-                    reference.predictions, current, reference.prediction_type, prediction_override or MethodOverride()
+                    reference.prediction_stats, current, reference.prediction_type,
+                    prediction_override or MethodOverride(),
                 )
                 if np.isfinite(score):
                     prediction = PredictionDrift(test, display, score, threshold, detected)

@@ -126,3 +126,27 @@ def test_unseen_values_and_broken_feature_do_not_hide_others() -> None:
     assert result.features["sex"].detected is None and result.features["sex"].error
     assert result.features["bill_length_mm"].detected is not None
     assert len(result.evaluated) == 5
+
+
+def test_fast_paths_match_evidently_with_ties_ints_and_threshold_override() -> None:
+    rng = np.random.default_rng(11)
+    n = 5000
+    ref = pd.DataFrame({
+        "rounded": rng.normal(10, 2, n).round(1),          # many ties: the merge-based CDF must match scipy's
+        "ints": rng.integers(0, 50, n).astype(float),
+        "few": rng.choice([1.0, 2.0, 3.0], n),             # few distinct numbers: Jensen-Shannon path
+        "cat": rng.choice(list("abcdefgh"), n),
+    })
+    cur = pd.DataFrame({
+        "rounded": rng.normal(10.3, 2, 3000).round(1),
+        "ints": rng.integers(0, 55, 3000).astype(float),
+        "few": rng.choice([1.0, 2.0, 3.0, 4.0], 3000),     # a value never seen in the reference
+        "cat": rng.choice(list("abcdefghz"), 3000),
+    })
+    num, cat = ["rounded", "ints", "few"], ["cat"]
+    assert_same_as_evidently(ref, cur, num, cat)
+    overrides = {"rounded": MethodOverride(None, 0.01), "cat": MethodOverride(None, 0.5)}
+    assert_same_as_evidently(ref, cur, num, cat, overrides=overrides)
+    result = compute_drift(Reference(ref, num, cat), cur, per_feature=overrides)
+    assert result.features["rounded"].stat_test == "wasserstein" and result.features["rounded"].threshold == 0.01
+    assert result.features["few"].stat_test == "jensenshannon"
