@@ -10,6 +10,7 @@ package ``postgresql`` creates.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import glob
 import os
 import pwd
@@ -140,10 +141,8 @@ class PrivatePostgres:
     def destroy(self) -> None:
         """Stop the server if it runs and delete its folder; safe to call twice."""
         if self.running or (self.data / "postmaster.pid").exists():
-            try:
+            with contextlib.suppress(Exception):
                 self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "-t", "30", "stop", timeout=40)
-            except Exception:
-                pass
             self.running = False
         shutil.rmtree(self.base, ignore_errors=True)
 

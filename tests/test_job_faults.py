@@ -63,7 +63,7 @@ def test_exception_in_one_feature_leaves_the_others(client: TestClient, monkeypa
     original = drift_module._stat_test
 
     def broken(ref: Any, cur: Any, kind: str, override: Any) -> Any:
-        if ref.name == "flipper_length_mm":
+        if ref.values.name == "flipper_length_mm":
             raise RuntimeError("stat test exploded")
         return original(ref, cur, kind, override)
 
