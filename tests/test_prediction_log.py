@@ -139,3 +139,17 @@ def test_table_created_once_the_database_comes_up(tmp_path: Path) -> None:
     log2.enqueue(rows(4, start=50))
     log2.stop(timeout=30)
     assert s.count() == 4 and log2.written == 4 and log2.dropped == 0
+
+
+def test_window_is_the_latest_rows_optionally_only_recent_ones(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    now = 1_000_000.0
+    old = [PredictionRow(f"old{i}", now - 3600, "1", {"a": float(i), "b": "x"}, "A", None) for i in range(50)]
+    new = [PredictionRow(f"new{i}", now - 10, "1", {"a": float(100 + i), "b": None}, "B", None) for i in range(30)]
+    s.insert([r.as_db() for r in old + new])
+    window = s.window(40)
+    assert len(window) == 40 and window["a"].tolist()[-1] == 129.0  # newest last
+    assert window["a"].tolist()[:10] == [float(i) for i in range(40, 50)]
+    recent = s.window(40, max_age_seconds=60, now=now)
+    assert len(recent) == 30 and set(recent["prediction"]) == {"B"}
+    assert recent["b"].isna().all()
