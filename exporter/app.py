@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from exporter import __version__
 from exporter.config import Settings
-from exporter.metrics import build_registry
+from exporter.metrics import DriftExposition, build_registry
 from exporter.report import placeholder_page
 from exporter.scheduler import DriftScheduler
 from exporter.schema import BatchPredictionResponse, Label, PredictionResponse, batch_model, record_model
@@ -61,7 +61,8 @@ class FeedbackAccepted(BaseModel):
 def create_app(settings: Settings, *, start_scheduler: bool = True) -> FastAPI:
     os.environ.setdefault("DO_NOT_TRACK", "1")  # no Evidently usage telemetry from a production service
     service = Service(settings)
-    registry = build_registry(service)
+    registry = build_registry(service, drift=False)
+    drift_text = DriftExposition(service)
     scheduler = DriftScheduler(service, settings.drift.interval_seconds)
 
     @asynccontextmanager
@@ -153,7 +154,7 @@ def create_app(settings: Settings, *, start_scheduler: bool = True) -> FastAPI:
 
     @app.get("/metrics", tags=["monitoring"], dependencies=protected(token, settings.auth.protect_metrics))
     def prometheus_metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(registry) + drift_text.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/drift", tags=["monitoring"], dependencies=private)
     def drift() -> JSONResponse:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from exporter.stattests import CATEGORICAL, NUMERICAL, ColumnStats, run_test
 
@@ -226,6 +227,23 @@ def compute_drift(
     now: float | None = None,
 ) -> DriftResult:
     """Drift of every feature (and of the model's predictions) in ``window`` against ``reference``."""
+    # One BLAS thread: the vectors here are small, and on a busy machine a second OpenBLAS thread waking up for
+    # each dot product costs more than the product (measured: 100k x 30 takes 0.6 s instead of 0.3 s).
+    with threadpool_limits(1, user_api="blas"):
+        return _compute_drift(reference, window, min_rows=min_rows, drift_share=drift_share, per_feature=per_feature,
+                              prediction_override=prediction_override, now=now)
+
+
+def _compute_drift(
+    reference: Reference,
+    window: pd.DataFrame,
+    *,
+    min_rows: int,
+    drift_share: float,
+    per_feature: dict[str, MethodOverride] | None,
+    prediction_override: MethodOverride | None,
+    now: float | None,
+) -> DriftResult:
     computed_at = time.time() if now is None else now
     rows = len(window)
     if rows < min_rows:

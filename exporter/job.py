@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing as mp
+import os
+import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -95,6 +97,7 @@ class InProcessRunner:
         self.store = PredictionStore(spec.database_url)
 
     def run(self, timeout: float) -> JobOutput:
+        lower_priority()  # the scheduler's thread: harmless to repeat
         try:
             return run_job(self.spec, self.store)
         except Exception as exc:
@@ -104,7 +107,15 @@ class InProcessRunner:
         self.store.dispose()
 
 
+def lower_priority() -> None:
+    """The drift job is background work: let the prediction API win the CPU when both want it."""
+    with contextlib.suppress(OSError, AttributeError):
+        # On Linux this applies to the calling thread alone (its own scheduling entity).
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+
 def _worker_main(conn: Connection, spec: JobSpec) -> None:
+    lower_priority()
     store = PredictionStore(spec.database_url)
     while True:
         try:

@@ -3,12 +3,15 @@ mixes two runs and a feature that disappears stops being exported."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from exporter.drift import DriftResult
 
 if TYPE_CHECKING:
     from exporter.service import Service
@@ -23,13 +26,15 @@ def _gauge(name: str, doc: str, value: float | None = None, labels: list[str] | 
 class ExporterCollector(Collector):
     """Everything the service knows, read at scrape time from the Service object."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, drift: bool = True) -> None:
         self.service = service
+        self.drift = drift
 
     def collect(self) -> Iterator[Metric]:
         yield from self._serving()
         yield from self._job()
-        yield from self._drift()
+        if self.drift:
+            yield from self._drift()
         yield from self._quality()
 
     def _serving(self) -> Iterator[Metric]:
@@ -81,8 +86,9 @@ class ExporterCollector(Collector):
             cfg.drift_share,
         )
 
-    def _drift(self) -> Iterator[Metric]:
-        result = self.service.drift_result
+    def _drift(self, result: DriftResult | None = None) -> Iterator[Metric]:
+        if result is None:
+            result = self.service.drift_result
         if result is None:
             return
         yield _gauge("model_drift_window_rows", "Rows in the window of the last drift run.", result.window_rows)
@@ -154,8 +160,45 @@ class ExporterCollector(Collector):
             yield g
 
 
-def build_registry(service: Service) -> CollectorRegistry:
+def build_registry(service: Service, drift: bool = True) -> CollectorRegistry:
+    """The app's registry. With ``drift=False`` the per-feature drift families are left to DriftExposition."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ExporterCollector(service))
+    registry.register(ExporterCollector(service, drift=drift))
     registry.register(ProcessCollector(registry=None))
     return registry
+
+
+class _OneResult(Collector):
+    def __init__(self, collector: ExporterCollector, result: DriftResult) -> None:
+        self.collector = collector
+        self.result = result
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.collector._drift(self.result)
+
+
+class DriftExposition:
+    """The drift families as exposition text, rendered once per drift result and reused by every scrape.
+
+    With hundreds of features the text formatting of the drift samples is most of a scrape's cost, yet it only
+    changes when a run publishes a new result. The cache holds the result object it was rendered from, so a
+    scrape serves exactly one run's text."""
+
+    def __init__(self, service: Service) -> None:
+        self.collector = ExporterCollector(service)
+        self.service = service
+        self._for: DriftResult | None = None
+        self._text = b""
+        self._lock = threading.Lock()
+
+    def render(self) -> bytes:
+        result = self.service.drift_result
+        if result is None:
+            return b""
+        with self._lock:
+            if self._for is not result:
+                registry = CollectorRegistry(auto_describe=False)
+                registry.register(_OneResult(self.collector, result))
+                self._text = generate_latest(registry)
+                self._for = result
+            return self._text

@@ -158,3 +158,30 @@ def test_openapi_names_every_feature(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     props = spec["components"]["schemas"]["PredictionRecord"]["properties"]
     assert set(props) == set(GOOD)
+
+
+def test_cached_drift_text_equals_a_fresh_collection_and_follows_new_runs(client: TestClient) -> None:
+    from prometheus_client import generate_latest
+
+    from exporter.metrics import build_registry
+
+    service = client.app.state.service  # type: ignore[attr-defined]
+    client.post("/predict/batch", json={"records": [GOOD] * 20})
+    flush(client)
+    service.run_drift_job()
+
+    def drift_samples(text: str) -> dict[object, float]:
+        return {k: v for k, v in parse_metrics(text).items()
+                if k[0].startswith(("model_feature_", "model_dataset_", "model_prediction_drift", "model_drift_window"))}
+
+    served = drift_samples(client.get("/metrics").text)
+    fresh = drift_samples(generate_latest(build_registry(service)).decode())
+    assert served == fresh and len(served) > 30
+    first = service.drift_result
+    client.post("/predict/batch", json={"records": [{**GOOD, "island": "Dream"}] * 20})
+    flush(client)
+    service.run_drift_job()
+    assert service.drift_result is not first
+    again = drift_samples(client.get("/metrics").text)
+    assert sample(again, "model_drift_window_rows") == 40
+    assert again == drift_samples(generate_latest(build_registry(service)).decode())

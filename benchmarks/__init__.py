@@ -1,0 +1,1 @@
+"""The performance suite: ``python -m benchmarks`` (``make bench``); see benchmarks/README.md."""

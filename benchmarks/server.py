@@ -1,0 +1,166 @@
+"""The service under test, one process per variant: ``python -m benchmarks.server --config C --port P --variant V``.
+
+The app is built exactly as ``exporter serve`` builds it (``exporter.app.create_app(settings)``, uvicorn with its
+default loop and HTTP implementation), with the drift scheduler off (its first runs would land in the middle of a
+measurement) and the access log off (printing every request costs more than what is measured). Variants differ
+only in what happens to the logged rows:
+
+``on``    the project's prediction log: ``PredictionLog.enqueue`` (bounded queue, batching writer thread).
+``off``   ``service.prediction_log.enqueue`` replaced by a no-op: nothing is logged, nothing else changes.
+``seed``  the seed's way: a FastAPI ``BackgroundTasks``-style task after each response, one SQLite INSERT and one
+          commit per request (``PredictionStore.insert`` of that request's row), run in the threadpool after the
+          response is sent, exactly as Starlette runs a sync background task.
+
+Every variant gets the same pass-through ASGI middleware (it only does work in ``seed``), so the request path is
+otherwise identical.
+
+``--drift-rows/--drift-cols/--drift-db/--drift-isolation``: also set up the drift job over a window of that size
+(read from the given database) with the app's runner for that isolation; SIGUSR1 starts a background thread (as
+APScheduler's would) that runs the job back to back, SIGUSR2 stops it after the current run. Its runs and
+durations go to ``--status-file`` as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextvars
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+_rows: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar("bench_rows", default=None)
+
+
+class PerRequestInsert:
+    """Pure ASGI middleware: after the response is sent, insert the rows the request queued, one INSERT + commit
+    each, in the threadpool (what ``BackgroundTasks.add_task(sync_insert, row)`` does)."""
+
+    def __init__(self, app: Any, insert: Any | None) -> None:
+        self.app = app
+        self.insert = insert
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rows: list[Any] = []
+        token = _rows.set(rows)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _rows.reset(token)
+        if self.insert is not None:
+            from starlette.concurrency import run_in_threadpool
+
+            for row in rows:
+                await run_in_threadpool(self.insert, [row.as_db()])
+
+
+class DriftLoop:
+    """The drift job, back to back, while switched on: from a background thread (as APScheduler's), each run is
+    ``runner.run(timeout)`` with the runner the service would use for ``drift.isolation`` (``WorkerRunner``: a
+    worker process; ``InProcessRunner``: this thread). A run reads the window from the database (``--drift-db``,
+    filled by the suite), computes drift over it against a Reference of the same shape; no HTML report."""
+
+    def __init__(self, rows: int, cols: int, db_url: str, isolation: str, status_file: Path | None) -> None:
+        from benchmarks.common import drift_reference
+        from exporter.job import InProcessRunner, JobSpec, WorkerRunner
+
+        spec = JobSpec(
+            reference=drift_reference(rows, cols), database_url=db_url, window_size=rows, window_seconds=None,
+            min_rows=100, drift_share=0.5, report=False, task="classification", classes=[], with_quality=False,
+        )
+        self.runner = WorkerRunner(spec) if isolation == "process" else InProcessRunner(spec)
+        first = self.runner.run(600)  # starts the worker process, as the service's first run does
+        if first.drift.window_rows != rows or first.drift.skipped_reason:
+            raise RuntimeError(f"drift job over {first.drift.window_rows} rows: {first.drift.skipped_reason}")
+        self.status_file = status_file
+        self.enabled = threading.Event()
+        self.durations: list[float] = []
+        self.running = False
+        self._thread = threading.Thread(target=self._run, name="bench-drift", daemon=True)
+        self._thread.start()
+        self._write_status()
+
+    def _write_status(self) -> None:
+        if self.status_file is not None:
+            tmp = self.status_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"runs": len(self.durations), "durations": self.durations,
+                                       "running": self.running, "enabled": self.enabled.is_set()}))
+            tmp.replace(self.status_file)
+
+    def _run(self) -> None:
+        while True:
+            self.enabled.wait()
+            self.running = True
+            self._write_status()
+            while self.enabled.is_set():
+                output = self.runner.run(600)
+                self.durations.append(output.compute_seconds)  # window read + drift, as the job reports it
+                self._write_status()
+            self.running = False
+            self._write_status()
+
+    def start(self, *_: Any) -> None:
+        self.enabled.set()
+
+    def stop(self, *_: Any) -> None:
+        self.enabled.clear()
+        self._write_status()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--variant", choices=["on", "off", "seed"], default="on")
+    parser.add_argument("--drift-rows", type=int, default=0)
+    parser.add_argument("--drift-cols", type=int, default=30)
+    parser.add_argument("--drift-db", help="SQLAlchemy URL of a predictions table holding the drift window")
+    parser.add_argument("--drift-isolation", choices=["process", "thread"], default="process")
+    parser.add_argument("--status-file", type=Path)
+    args = parser.parse_args(argv)
+
+    import uvicorn
+
+    from exporter.app import create_app
+    from exporter.config import load_settings
+
+    logging.basicConfig(level=logging.WARNING)
+    import warnings
+
+    import pandas as pd
+
+    warnings.simplefilter("ignore", pd.errors.PerformanceWarning)
+    app = create_app(load_settings(args.config), start_scheduler=False)
+    service = app.state.service
+    insert = None
+    if args.variant == "off":
+        service.prediction_log.enqueue = lambda rows: 0
+    elif args.variant == "seed":
+        def enqueue(rows: list[Any]) -> int:
+            pending = _rows.get()
+            if pending is not None:
+                pending.extend(rows)
+            return 0
+
+        service.prediction_log.enqueue = enqueue
+        insert = service.store.insert
+    app.add_middleware(PerRequestInsert, insert=insert)
+
+    if args.drift_rows:
+        loop = DriftLoop(args.drift_rows, args.drift_cols, args.drift_db, args.drift_isolation, args.status_file)
+        signal.signal(signal.SIGUSR1, loop.start)
+        signal.signal(signal.SIGUSR2, loop.stop)
+
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False,
+                timeout_graceful_shutdown=30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""``python -m benchmarks [--quick] [--only SECTION ...] [--out FILE]``: run the suite, print the table, write JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import BENCH_DIR, ROOT, busy_processes, loadavg, machine_info, write_json
+
+SECTIONS = ("logging", "drift_latency", "drift", "metrics", "memory")
+
+
+@dataclass(frozen=True)
+class Target:
+    key: str
+    label: str
+    op: str            # "<=", ">=", "==" or "" (reported, no target)
+    bound: float | None
+    fmt: str = "{:.3f}"
+
+    def check(self, value: Any) -> bool | None:
+        if not self.op or value is None or (isinstance(value, float) and math.isnan(value)):
+            return None
+        if self.op == "<=":
+            return bool(value <= self.bound)
+        if self.op == ">=":
+            return bool(value >= self.bound)
+        return bool(value == self.bound)
+
+
+TARGETS = [
+    Target("logging_p99_ratio", "/predict p99, logging on / off", "<=", 1.05),
+    Target("logging_throughput_ratio", "/predict throughput, logging on / off", ">=", 0.95),
+    Target("logging_cpu_per_request_ratio", "server CPU per request, logging on / off", "", None),
+    Target("seed_style_p99_ratio", "/predict p99, seed style (INSERT per request) / off", "", None),
+    Target("seed_style_throughput_ratio", "/predict throughput, seed style / off", "", None),
+    Target("seed_style_cpu_per_request_ratio", "server CPU per request, seed style / off", "", None),
+    Target("drift_speedup_3000x30", "drift speedup vs DataDriftPreset, 3000x30", ">=", 25, "{:.1f}"),
+    Target("drift_speedup_100000x30", "drift speedup vs DataDriftPreset, 100000x30", ">=", 25, "{:.1f}"),
+    Target("drift_speedup_10000x1000", "drift speedup vs DataDriftPreset, 10000x1000", ">=", 25, "{:.1f}"),
+    Target("drift_speedup_3000x30_ref1000", "drift speedup, 3000x30, 1000-row reference (K-S/chi2)", "", None,
+           "{:.1f}"),
+    Target("drift_max_abs_delta", "max |score - preset score| over all columns", "<=", 1e-9, "{:.2e}"),
+    Target("drift_flags_mismatched", "columns whose drift flag differs from the preset", "==", 0, "{:.0f}"),
+    Target("p99_during_drift_ratio", "/predict p99, drift job (100k x30, worker process) running / idle", "<=",
+           1.2),
+    Target("throughput_during_drift_ratio", "/predict throughput, drift job (worker process) running / idle", "",
+           None),
+    Target("p99_during_drift_ratio_thread", "/predict p99, drift job with isolation: thread, running / idle", "",
+           None),
+    Target("throughput_during_drift_ratio_thread", "/predict throughput, isolation: thread, running / idle", "",
+           None),
+    Target("metrics_ms_300_features", "/metrics render, 300 features (ms)", "<=", 10, "{:.2f}"),
+    Target("metrics_ms_ratio_100k_vs_3k", "/metrics render, 100k-row vs 3k-row window", "<=", 1.5),
+    Target("log_enqueue_us_per_row", "request-path CPU of logging one row (PredictionLog.enqueue, us)", "", None,
+           "{:.1f}"),
+    Target("log_writer_cpu_us_per_row", "writer thread CPU per row written to SQLite (us)", "", None, "{:.1f}"),
+    Target("rss_mb_after_100k_rows", "RSS after 100k logged predictions (MiB)", "", None, "{:.1f}"),
+    Target("rss_mb_after_1m_rows", "RSS after 1M logged predictions (MiB)", "", None, "{:.1f}"),
+    Target("rss_ratio_1m_vs_100k", "RSS after 1M / after 100k rows (does not grow)", "<=", 1.10),
+    Target("store_window_3000_ms_1m_rows", "drift job window query (3000 rows) on a 1M-row table (ms)", "", None,
+           "{:.1f}"),
+]
+
+
+def bench_memory(quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    rows, checkpoints = (100_000, "10000,100000") if quick else (1_000_000, "100000,1000000")
+    with tempfile.TemporaryDirectory(prefix="bench-memory-out-") as tmp:
+        out = Path(tmp) / "memory.json"
+        proc = subprocess.run(
+            [sys.executable, "-m", "benchmarks.memory", "--rows", str(rows), "--checkpoints", checkpoints,
+             "--out", str(out)],
+            cwd=ROOT, stderr=subprocess.PIPE, text=True, timeout=900,
+        )
+        for line in proc.stderr.splitlines():
+            if line.startswith("memory:"):
+                log(line)
+        if proc.returncode != 0:
+            raise RuntimeError(f"memory benchmark failed: {proc.stderr[-3000:]}")
+        data = json.loads(out.read_text())
+    small, large = (int(c) for c in checkpoints.split(","))
+    rss = data["rss_mb_by_rows"]
+    return {
+        "memory_details": data,
+        "rss_mb_after_100k_rows": rss[str(small)],
+        "rss_mb_after_1m_rows": rss[str(large)],
+        "rss_ratio_1m_vs_100k": rss[str(large)] / rss[str(small)],
+        "store_window_3000_ms_1m_rows": data["window_3000_ms"],
+        "log_rows_per_second": data["rows_per_second"],
+        "log_rows_dropped": data["dropped"],
+        "log_enqueue_us_per_row": data["enqueue_us_per_row"],
+        "log_writer_cpu_us_per_row": data["writer_cpu_us_per_row"],
+    }
+
+
+def run_section(name: str, quick: bool, log: Callable[[str], None], concurrency: int) -> dict[str, Any]:
+    if name == "logging":
+        from benchmarks.http_bench import bench_logging
+
+        return bench_logging(quick, log, concurrency)
+    if name == "drift_latency":
+        from benchmarks.http_bench import bench_drift_latency
+
+        return bench_drift_latency(quick, log, concurrency)
+    if name == "drift":
+        from benchmarks.drift_bench import run
+
+        return run(quick, log)
+    if name == "metrics":
+        from benchmarks.metrics_bench import run as run_metrics
+
+        return run_metrics(quick, log)
+    if name == "memory":
+        return bench_memory(quick, log)
+    raise ValueError(name)
+
+
+def print_table(results: dict[str, Any], quick: bool, hide_missing: bool = False) -> tuple[int, int]:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Benchmarks" + (" (--quick: smaller sizes, not comparable to the targets)" if quick else ""))
+    for col in ("metric", "key", "measured", "target", "result"):
+        table.add_column(col, justify="right" if col == "measured" else "left")
+    met = total = 0
+    for t in TARGETS:
+        value = results.get(t.key)
+        if value is None and hide_missing:
+            continue
+        ok = t.check(value)
+        measured = "-" if value is None else t.fmt.format(value)
+        target = f"{t.op} {t.bound:g}" if t.op else "(report)"
+        if ok is not None:
+            total += 1
+            met += ok
+        verdict = "[green]pass" if ok else ("[red]FAIL" if ok is False else ("[yellow]missing" if value is None else ""))
+        table.add_row(t.label, t.key, measured, target, verdict)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=150)
+    console.print(table)
+    return met, total
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a short smoke run at smaller sizes (about a minute)")
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
+    parser.add_argument("--concurrency", type=int, default=8, help="connections of the load generator")
+    parser.add_argument("--out", type=Path, help="results file (default benchmarks/results.json, "
+                                                 "benchmarks/results.quick.json with --quick)")
+    args = parser.parse_args(argv)
+    out_path = args.out or (BENCH_DIR / ("results.quick.json" if args.quick else "results.json"))
+
+    import warnings
+
+    import pandas as pd
+
+    # normalise() inserts columns one by one: pandas warns at hundreds of columns (a finding, see README)
+    warnings.simplefilter("ignore", pd.errors.PerformanceWarning)
+    started = time.perf_counter()
+
+    def log(message: str) -> None:
+        print(f"[{time.perf_counter() - started:6.1f}s] {message}", flush=True)
+
+    busy = busy_processes()
+    if busy:
+        log(f"warning: other processes are using the CPU ({', '.join(busy[:5])}); numbers will be noisier")
+    results: dict[str, Any] = {"machine": machine_info(), "quick": args.quick, "errors": {}, "section_seconds": {}}
+    for name in args.only or SECTIONS:
+        log(f"section {name} ...")
+        t0 = time.perf_counter()
+        try:
+            results.update(run_section(name, args.quick, log, args.concurrency))
+        except Exception as exc:
+            results["errors"][name] = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+        results["section_seconds"][name] = round(time.perf_counter() - t0, 1)
+        log(f"section {name} done in {results['section_seconds'][name]:.0f}s")
+    results["total_seconds"] = round(time.perf_counter() - started, 1)
+    results["machine"]["loadavg_at_end"] = loadavg()
+    met, total = print_table(results, args.quick, hide_missing=bool(args.only))
+    results["targets_met"] = met
+    results["targets_checked"] = total
+    write_json(out_path, results)
+    log(f"{met} of {total} targets met; wrote {out_path.relative_to(ROOT) if out_path.is_relative_to(ROOT) else out_path}")
+    if results["errors"]:
+        log(f"sections failed: {', '.join(results['errors'])}")
+        return 1
+    return 0
