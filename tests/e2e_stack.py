@@ -16,7 +16,6 @@ import contextlib
 import json
 import re
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -30,7 +29,7 @@ import httpx
 import pytest
 
 from exporter.demo import Traffic
-from tests.helpers import ROOT, LiveServer, free_port, sample
+from tests.helpers import ROOT, LiveServer, free_port, sample, terminate
 
 PROMETHEUS_DIR = ROOT / "prometheus"
 PROMETHEUS_YML = PROMETHEUS_DIR / "prometheus.yml"
@@ -231,13 +230,7 @@ class Daemon:
     def stop(self, timeout: float = 15) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout)
+        terminate(self.proc, timeout)
         self._log.close()
 
     def log(self) -> str:

@@ -61,6 +61,17 @@ def sample(metrics: dict[tuple[str, frozenset[tuple[str, str]]], float], metric:
     return metrics.get((metric, frozenset(labels.items())))
 
 
+def terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM, then SIGKILL if the process has not exited within ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+
 class LiveServer:
     """``exporter serve`` as a user runs it: a real uvicorn process on a free loopback port."""
 
@@ -94,13 +105,7 @@ class LiveServer:
     def stop(self, timeout: float = 45) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, timeout)
         self._log.close()
         return self.proc.returncode
 
