@@ -97,7 +97,8 @@ class InProcessRunner:
         self.store = PredictionStore(spec.database_url)
 
     def run(self, timeout: float) -> JobOutput:
-        lower_priority()  # the scheduler's thread: harmless to repeat
+        if threading.current_thread() is not threading.main_thread():
+            lower_priority()  # the scheduler's thread, not a CLI's or a caller's main thread
         try:
             return run_job(self.spec, self.store)
         except Exception as exc:
