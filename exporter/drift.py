@@ -22,7 +22,6 @@ from exporter.stattests import CATEGORICAL, NUMERICAL, ColumnStats, run_test
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class MethodOverride:
     method: str | None = None
@@ -105,29 +104,25 @@ class Reference:
         self.numerical = list(numerical)
         self.categorical = list(categorical)
         self.frame = normalise(frame, numerical, categorical)
-        self.columns: dict[str, pd.Series] = {}
         self.stats: dict[str, ColumnStats] = {}
-        self.categories: dict[str, set[str]] = {}
         self.ranges: dict[str, tuple[float, float]] = {}
         for name in numerical:
             col = self.frame[name].replace([np.inf, -np.inf], np.nan).dropna()
             if col.empty:
                 raise ValueError(f"reference column {name!r} has no finite values")
-            self.columns[name] = col
             self.stats[name] = ColumnStats(col, NUMERICAL)
             self.ranges[name] = (float(col.min()), float(col.max()))
         for name in categorical:
             col = self.frame[name].dropna()
             if col.empty:
                 raise ValueError(f"reference column {name!r} has no values")
-            self.columns[name] = col
             self.stats[name] = ColumnStats(col, CATEGORICAL)
-            self.categories[name] = self.stats[name].unique
         self.prediction_type = prediction_type
-        self.predictions = None if predictions is None else _clean(_typed(predictions, prediction_type))
         self.prediction_stats = None
-        if self.predictions is not None and not self.predictions.empty:
-            self.prediction_stats = ColumnStats(self.predictions, prediction_type)
+        if predictions is not None:
+            cleaned = _clean(_typed(predictions, prediction_type))
+            if not cleaned.empty:
+                self.prediction_stats = ColumnStats(cleaned, prediction_type)
         digest = hashlib.sha256(pd.util.hash_pandas_object(self.frame[numerical + categorical], index=False).values)
         self.hash = digest.hexdigest()[:12]
 
@@ -169,18 +164,11 @@ def normalise(frame: pd.DataFrame, numerical: list[str], categorical: list[str])
     return pd.DataFrame(columns, index=frame.index)
 
 
-def _stat_test(
-    ref: ColumnStats, cur: pd.Series, kind: str, override: MethodOverride
-) -> tuple[str, str, float, float, bool]:
-    r = run_test(ref, cur, override.method, override.threshold)
-    return r.name, r.display, r.score, r.threshold, r.detected
-
-
 def feature_drift(
     reference: Reference, window: pd.DataFrame, name: str, override: MethodOverride | None = None
 ) -> FeatureDrift:
     kind = reference.feature_type(name)
-    raw = window[name] if name in window else pd.Series([None] * len(window), dtype=object)
+    raw = window[name]  # normalise() gives every configured feature a column
     rows = len(raw)
     present = _clean(raw)
     missing_share = 1 - len(present) / rows if rows else 0.0
@@ -188,7 +176,7 @@ def feature_drift(
         low, high = reference.ranges[name]
         unseen = int(((present < low) | (present > high)).sum())
     else:
-        unseen = int((~present.isin(reference.categories[name])).sum())
+        unseen = int((~present.isin(reference.stats[name].unique)).sum())
     unseen_share = unseen / rows if rows else 0.0
 
     def made(
@@ -204,16 +192,15 @@ def feature_drift(
 
     if present.empty:
         return made(error="no values in the window (all missing)")
+    override = override or MethodOverride()
     try:
-        test, display, score, threshold, detected = _stat_test(
-            reference.stats[name], present, kind, override or MethodOverride()
-        )
+        r = run_test(reference.stats[name], present, override.method, override.threshold)
     except Exception as exc:  # one broken feature must not hide the others
         log.warning("drift: feature %s failed: %s", name, exc)
         return made(error=f"{type(exc).__name__}: {exc}")
-    if not np.isfinite(score):
-        return made(test, display, threshold=threshold, error=f"{display} gave a non-finite score")
-    return made(test, display, score, threshold, detected)
+    if not np.isfinite(r.score):
+        return made(r.name, r.display, threshold=r.threshold, error=f"{r.display} gave a non-finite score")
+    return made(r.name, r.display, r.score, r.threshold, r.detected)
 
 
 def compute_drift(
@@ -261,13 +248,11 @@ def _compute_drift(
     if reference.prediction_stats is not None and "prediction" in window:
         current = _clean(_typed(window["prediction"], reference.prediction_type))
         if not current.empty:
+            override = prediction_override or MethodOverride()
             try:
-                test, display, score, threshold, detected = _stat_test(
-                    reference.prediction_stats, current, reference.prediction_type,
-                    prediction_override or MethodOverride(),
-                )
-                if np.isfinite(score):
-                    prediction = PredictionDrift(test, display, score, threshold, detected)
+                r = run_test(reference.prediction_stats, current, override.method, override.threshold)
+                if np.isfinite(r.score):
+                    prediction = PredictionDrift(r.name, r.display, r.score, r.threshold, r.detected)
             except Exception as exc:
                 log.warning("drift: prediction drift failed: %s", exc)
     return DriftResult(computed_at, rows, min_rows, drift_share, features=features, prediction=prediction)

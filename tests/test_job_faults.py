@@ -60,14 +60,14 @@ def test_constant_all_missing_and_unseen_columns(client: TestClient) -> None:
 
 
 def test_exception_in_one_feature_leaves_the_others(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    original = drift_module._stat_test
+    original = drift_module.run_test
 
-    def broken(ref: Any, cur: Any, kind: str, override: Any) -> Any:
+    def broken(ref: Any, cur: Any, method: Any = None, threshold: Any = None) -> Any:
         if ref.values.name == "flipper_length_mm":
             raise RuntimeError("stat test exploded")
-        return original(ref, cur, kind, override)
+        return original(ref, cur, method, threshold)
 
-    monkeypatch.setattr(drift_module, "_stat_test", broken)
+    monkeypatch.setattr(drift_module, "run_test", broken)
     client.post("/predict/batch", json={"records": [GOOD] * 30})
     metrics, body = run(client)
     assert "stat test exploded" in body["result"]["features"]["flipper_length_mm"]["error"]
