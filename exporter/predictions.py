@@ -139,10 +139,7 @@ class PredictionStore:
             return int(conn.execute(select(func.count()).select_from(predictions_table)).scalar_one())
 
     def without_existing(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        ids = [r["request_id"] for r in rows]
-        t = predictions_table.c
-        with self.engine.connect() as conn:
-            present = set(conn.execute(select(t.request_id).where(t.request_id.in_(ids))).scalars())
+        present = self.labels_of([r["request_id"] for r in rows])
         return [r for r in rows if r["request_id"] not in present]
 
     def set_labels(self, updates: list[LabelUpdate]) -> None:
@@ -155,14 +152,17 @@ class PredictionStore:
         with self.engine.begin() as conn:
             conn.execute(statement, [{"rid": u.request_id, "lbl": _json(u.label), "at": u.labelled_at} for u in updates])
 
-    def lookup_label(self, request_id: str) -> tuple[bool, Any]:
-        """(whether the prediction exists, its label or None)."""
+    def labels_of(self, request_ids: list[str]) -> dict[str, Any]:
+        """The logged predictions among ``request_ids``, each with its label (None when unlabelled); one query."""
         t = predictions_table.c
         with self.engine.connect() as conn:
-            row = conn.execute(select(t.label).where(t.request_id == request_id)).first()
-        if row is None:
-            return False, None
-        return True, None if row.label is None else json.loads(row.label)
+            rows = conn.execute(select(t.request_id, t.label).where(t.request_id.in_(request_ids))).all()
+        return {r.request_id: None if r.label is None else json.loads(r.label) for r in rows}
+
+    def lookup_label(self, request_id: str) -> tuple[bool, Any]:
+        """(whether the prediction exists, its label or None)."""
+        labels = self.labels_of([request_id])
+        return request_id in labels, labels.get(request_id)
 
     def labelled_window(self, size: int) -> tuple[list[Any], list[Any], list[dict[str, float]] | None]:
         """Labels, predictions and probabilities of the latest ``size`` labelled predictions."""

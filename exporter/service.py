@@ -188,16 +188,17 @@ class Service:
     # -- feedback ----------------------------------------------------------------------------------------------
     def unknown_request_ids(self, request_ids: list[str]) -> tuple[list[str], dict[str, Any]]:
         """Ids that match no logged prediction, and the current label of those that do."""
-        unknown: list[str] = []
         current: dict[str, Any] = {}
+        not_queued: list[str] = []
         for rid in request_ids:
             queued, label = self.prediction_log.pending_label(rid)
-            if not queued:
-                exists, label = self.store.lookup_label(rid)
-                if not exists:
-                    unknown.append(rid)
-                    continue
-            current[rid] = label
+            if queued:
+                current[rid] = label
+            else:
+                not_queued.append(rid)
+        if not_queued:
+            current.update(self.store.labels_of(not_queued))  # one query for the whole batch
+        unknown = [rid for rid in request_ids if rid not in current]
         return unknown, current
 
     def add_feedback(self, items: list[tuple[str, Any]], current: dict[str, Any]) -> bool:
