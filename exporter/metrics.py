@@ -109,22 +109,20 @@ class ExporterCollector(Collector):
             "Share of window rows with a category absent from the reference or a number outside its range.",
             labels=["feature"],
         )
-        for f in result.features.values():
-            missing.add_metric([f.feature], f.missing_share)
-            unseen.add_metric([f.feature], f.unseen_share)
-            if f.detected is None or f.score is None or f.stat_test is None or f.threshold is None:
-                continue
-            score.add_metric([f.feature, f.feature_type, f.stat_test], f.score)
-            threshold.add_metric([f.feature, f.stat_test], f.threshold)
-            detected.add_metric([f.feature], 1.0 if f.detected else 0.0)
-        yield from (score, threshold, detected, missing, unseen)
         errors = _gauge(
             "model_feature_drift_error", "1 when the feature's drift could not be computed in the last run (see /drift).",
             labels=["feature"],
         )
         for f in result.features.values():
+            missing.add_metric([f.feature], f.missing_share)
+            unseen.add_metric([f.feature], f.unseen_share)
             errors.add_metric([f.feature], 1.0 if f.error else 0.0)
-        yield errors
+            if f.detected is None or f.score is None or f.stat_test is None or f.threshold is None:
+                continue
+            score.add_metric([f.feature, f.feature_type, f.stat_test], f.score)
+            threshold.add_metric([f.feature, f.stat_test], f.threshold)
+            detected.add_metric([f.feature], 1.0 if f.detected else 0.0)
+        yield from (score, threshold, detected, missing, unseen, errors)
         if result.drift_share is not None:
             yield _gauge("model_dataset_drift_share", "Share of features drifted in the last run.", result.drift_share)
             yield _gauge("model_dataset_drifted_features", "Features drifted in the last run.", result.drifted_features)
