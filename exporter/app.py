@@ -19,10 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from exporter import __version__
 from exporter.config import Settings
+from exporter.features import category_text
 from exporter.metrics import DriftExposition, build_registry
 from exporter.report import placeholder_page
 from exporter.scheduler import DriftScheduler
-from exporter.schema import BatchPredictionResponse, Label, PredictionResponse, batch_model, record_model
+from exporter.schema import BatchPredictionResponse, Label, PredictionResponse, batch_model
 from exporter.security import BearerToken, BodySizeLimit, protected
 from exporter.service import PredictionError, Service
 
@@ -99,7 +100,7 @@ def create_app(settings: Settings, *, start_scheduler: bool = True) -> FastAPI:
         metrics.default(latency_lowr_buckets=LATENCY_BUCKETS, registry=registry)
     ).instrument(app)
 
-    Record = record_model(settings.features)
+    Record = service.record_model
     Batch = batch_model(Record, settings.max_batch_records)
     label_type: Any = float if settings.model.task == "regression" else Label
     Feedback = create_model(
@@ -113,7 +114,7 @@ def create_app(settings: Settings, *, start_scheduler: bool = True) -> FastAPI:
         __config__=ConfigDict(extra="forbid"),
         labels=(list[Feedback], Field(min_length=1, max_length=settings.max_batch_records)),  # type: ignore[valid-type]
     )
-    classes = {str(c) for c in service.model.classes}
+    classes = {category_text(c) for c in service.model.classes}
 
     def _predict(records: list[BaseModel]) -> list[dict[str, Any]]:
         return service.predict([r.model_dump() for r in records])
@@ -130,7 +131,7 @@ def create_app(settings: Settings, *, start_scheduler: bool = True) -> FastAPI:
 
     def _feedback(items: list[Any]) -> FeedbackAccepted:
         if classes:
-            wrong = [f.label for f in items if str(f.label) not in classes]
+            wrong = [f.label for f in items if category_text(f.label) not in classes]
             if wrong:
                 raise HTTPException(422, f"label(s) {wrong[:5]} not among the model's classes {sorted(classes)}")
         unknown, current = service.unknown_request_ids([f.request_id for f in items])

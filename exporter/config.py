@@ -43,6 +43,10 @@ class FeaturesSection(_Section):
     numerical: list[str] = Field(default_factory=list)
     categorical: list[str] = Field(default_factory=list)
     nullable: list[str] = Field(default_factory=list, description="Features that may be null or absent at /predict.")
+    category_types: dict[str, Literal["string", "integer", "boolean"]] = Field(
+        default_factory=dict,
+        description="JSON type of a categorical feature's values; default: taken from the reference column.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> FeaturesSection:
@@ -55,6 +59,9 @@ class FeaturesSection(_Section):
         unknown = sorted(set(self.nullable) - set(names))
         if unknown:
             raise ValueError(f"features.nullable names unknown features: {', '.join(unknown)}")
+        not_categorical = sorted(set(self.category_types) - set(self.categorical))
+        if not_categorical:
+            raise ValueError(f"features.category_types names non-categorical features: {', '.join(not_categorical)}")
         return self
 
     @property

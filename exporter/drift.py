@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
+from exporter.features import category_texts
 from exporter.stattests import CATEGORICAL, NUMERICAL, ColumnStats, run_test
 
 log = logging.getLogger(__name__)
@@ -137,11 +138,7 @@ class Reference:
 def _typed(col: pd.Series, kind: str) -> pd.Series:
     if kind == NUMERICAL:
         return pd.to_numeric(col, errors="coerce").astype(float)
-    present = col.notna()
-    out = col.astype(object).where(present, None)
-    if pd.api.types.infer_dtype(out[present], skipna=True) not in ("string", "empty"):
-        out[present] = out[present].astype(str)
-    return out
+    return category_texts(col)  # 3, 3.0 and "3" of an integer code are one category
 
 
 def _clean(col: pd.Series) -> pd.Series:
@@ -151,7 +148,7 @@ def _clean(col: pd.Series) -> pd.Series:
 
 
 def normalise(frame: pd.DataFrame, numerical: list[str], categorical: list[str]) -> pd.DataFrame:
-    """Numbers as float, categories as str (missing stays missing), in one fixed column order."""
+    """Numbers as float, categories as their text (missing stays missing), in one fixed column order."""
     columns: dict[str, pd.Series] = {}
     for name in numerical:
         columns[name] = (

@@ -47,6 +47,7 @@ class JobSpec:
     task: str
     classes: list[Any]
     with_quality: bool
+    model_version: str | None = None  # the window holds this version's predictions only (None: every version)
     overrides: dict[str, MethodOverride] = field(default_factory=dict)
     prediction_override: MethodOverride = field(default_factory=MethodOverride)
 
@@ -63,7 +64,7 @@ class JobOutput:
 
 def run_job(spec: JobSpec, store: PredictionStore) -> JobOutput:
     started = time.monotonic()
-    window = store.window(spec.window_size, spec.window_seconds)
+    window = store.window(spec.window_size, spec.window_seconds, model_version=spec.model_version)
     result = compute_drift(
         spec.reference,
         window,
@@ -74,7 +75,7 @@ def run_job(spec: JobSpec, store: PredictionStore) -> JobOutput:
     )
     quality_result = None
     if spec.with_quality:
-        labels, preds, probas = store.labelled_window(spec.window_size)
+        labels, preds, probas = store.labelled_window(spec.window_size, spec.model_version)
         quality_result = quality(spec.task, labels, preds, probas, spec.classes)
     compute_seconds = time.monotonic() - started
     report = report_error = None

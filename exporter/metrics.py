@@ -43,6 +43,11 @@ class ExporterCollector(Collector):
         info.add_metric([s.settings.model.name, s.settings.model.version, s.reference.hash], 1)
         yield info
         yield CounterMetricFamily("model_predictions", "Rows predicted (a batch counts its rows).", value=s.predictions_total)
+        yield CounterMetricFamily(
+            "model_prediction_errors",
+            "Valid requests the model refused or answered with a non-finite value (answered 422).",
+            value=s.prediction_errors,
+        )
         plog = s.prediction_log
         yield CounterMetricFamily("model_prediction_log_written", "Prediction rows persisted.", value=plog.written)
         yield CounterMetricFamily(

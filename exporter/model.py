@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
+from exporter.features import FeatureTypes
+
 
 class ModelLoadError(Exception):
     pass
@@ -30,29 +32,30 @@ class Predictions:
 
 
 class Model:
-    def __init__(self, estimator: Any, features: list[str], task: str) -> None:
+    def __init__(self, estimator: Any, types: FeatureTypes, task: str) -> None:
         if not hasattr(estimator, "predict"):
             raise ModelLoadError(f"{type(estimator).__name__} has no predict method")
         self.estimator = estimator
-        self.features = features
+        self.types = types
+        self.features = types.names
         self.task = task
         self.has_proba = task == "classification" and hasattr(estimator, "predict_proba")
         classes = getattr(estimator, "classes_", None)
         self.classes: list[Any] = [_plain(c) for c in classes] if classes is not None else []
 
     @classmethod
-    def load(cls, path: Path, features: list[str], task: str) -> Model:
+    def load(cls, path: Path, types: FeatureTypes, task: str) -> Model:
         if not path.is_file():
             raise ModelLoadError(f"{path}: model file not found")
         try:
             estimator = joblib.load(path)
         except Exception as exc:
             raise ModelLoadError(f"{path}: cannot load model with joblib: {exc}") from exc
-        return cls(estimator, features, task)
+        return cls(estimator, types, task)
 
     def frame(self, records: list[dict[str, Any]]) -> pd.DataFrame:
-        frame = pd.DataFrame.from_records(records, columns=self.features)
-        return frame
+        """Validated request records as the frame the model was trained on (see exporter.features)."""
+        return self.types.model_frame(records)
 
     def predict_frame(self, frame: pd.DataFrame) -> Predictions:
         X = frame[self.features]

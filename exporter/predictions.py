@@ -19,6 +19,7 @@ import pandas as pd
 from sqlalchemy import (
     Column,
     Float,
+    Index,
     Integer,
     MetaData,
     String,
@@ -53,6 +54,9 @@ predictions_table = Table(
     Column("probabilities", Text, nullable=True),
     Column("label", Text, nullable=True),
     Column("labelled_at", Float, nullable=True, index=True),
+    # The drift window reads the serving version's latest rows: without this, rows of an old version at the end
+    # of the table would be scanned past one by one after an upgrade.
+    Index("ix_predictions_version_id", "model_version", "id"),
 )
 
 
@@ -121,6 +125,8 @@ class PredictionStore:
 
     def create_schema(self) -> None:
         metadata.create_all(self.engine)
+        for index in predictions_table.indexes:  # create_all skips indexes added to a table that already exists
+            index.create(self.engine, checkfirst=True)
 
     def ping(self) -> bool:
         try:
@@ -164,8 +170,10 @@ class PredictionStore:
         labels = self.labels_of([request_id])
         return request_id in labels, labels.get(request_id)
 
-    def labelled_window(self, size: int) -> tuple[list[Any], list[Any], list[dict[str, float]] | None]:
-        """Labels, predictions and probabilities of the latest ``size`` labelled predictions."""
+    def labelled_window(
+        self, size: int, model_version: str | None = None
+    ) -> tuple[list[Any], list[Any], list[dict[str, float]] | None]:
+        """Labels, predictions and probabilities of the latest ``size`` labelled predictions (of one model version)."""
         t = predictions_table.c
         query = (
             select(t.label, t.prediction, t.probabilities)
@@ -173,6 +181,8 @@ class PredictionStore:
             .order_by(t.id.desc())
             .limit(size)
         )
+        if model_version is not None:
+            query = query.where(t.model_version == model_version)
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         labels = [json.loads(r.label) for r in rows]
@@ -180,13 +190,19 @@ class PredictionStore:
         probas = [json.loads(r.probabilities) for r in rows if r.probabilities is not None]
         return labels, preds, probas if rows and len(probas) == len(rows) else None
 
-    def window(self, size: int, max_age_seconds: float | None = None, now: float | None = None) -> pd.DataFrame:
-        """The latest ``size`` predictions (optionally only those newer than ``max_age_seconds``), oldest first.
+    def window(
+        self, size: int, max_age_seconds: float | None = None, now: float | None = None,
+        model_version: str | None = None,
+    ) -> pd.DataFrame:
+        """The latest ``size`` predictions (optionally only those newer than ``max_age_seconds``, only those of
+        ``model_version``), oldest first.
 
         Columns: the features, ``prediction`` and ``created_at``.
         """
         t = predictions_table.c
         query = select(t.created_at, t.features, t.prediction).order_by(t.id.desc()).limit(size)
+        if model_version is not None:
+            query = query.where(t.model_version == model_version)
         if max_age_seconds is not None:
             query = query.where(t.created_at >= (now or time.time()) - max_age_seconds)
         with self.engine.connect() as conn:

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
+from exporter.features import category_text
+
 
 @dataclass(frozen=True)
 class QualityResult:
@@ -19,16 +21,18 @@ class QualityResult:
 def classification_quality(
     labels: list[Any], predictions: list[Any], probabilities: list[dict[str, float]] | None, classes: list[Any]
 ) -> dict[str, float]:
-    y_true = [str(v) for v in labels]
-    y_pred = [str(v) for v in predictions]
+    # One text per class: an integer target read as float (a column with gaps) equals the model's integer classes.
+    y_true = [category_text(v) for v in labels]
+    y_pred = [category_text(v) for v in predictions]
     out = {
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),
         "f1_macro": float(skm.f1_score(y_true, y_pred, average="macro", zero_division=0)),
     }
-    names = [str(c) for c in classes]
+    names = [category_text(c) for c in classes]
     present = set(y_true)
     if probabilities is not None and len(present) >= 2 and present <= set(names):
-        scores = np.array([[p.get(n, 0.0) for n in names] for p in probabilities])
+        keys = [str(c) for c in classes]  # the probabilities are keyed as /predict answers them
+        scores = np.array([[p.get(k, 0.0) for k in keys] for p in probabilities])
         try:
             if len(names) == 2:
                 auc = skm.roc_auc_score([1 if y == names[1] else 0 for y in y_true], scores[:, 1])

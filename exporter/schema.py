@@ -1,16 +1,29 @@
 """Request and response models built from the configured feature schema.
 
-Numbers are strict (a string such as "3.5" is rejected, not coerced) and finite; categories are strings; unknown
-fields are rejected, so a typo in a feature name is a 422 naming the field rather than a silently missing value.
+Numbers are strict (a string such as "3.5" is rejected, not coerced) and finite; each categorical feature takes
+its own JSON type (string, integer or boolean, see ``exporter.features``), strictly, so "3" for an integer code is a
+422 rather than an unknown category; unknown fields are rejected, so a typo in a feature name is a 422 naming the
+field rather than a silently missing value.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    create_model,
+)
 
 from exporter.config import FeaturesSection
+from exporter.features import BOOLEAN, INTEGER, NUMBER, STRING
 
 Number = Annotated[StrictFloat, Field(allow_inf_nan=False)]  # accepts ints, rejects "1.5" and true
 def _encodable(value: str) -> str:
@@ -22,6 +35,8 @@ def _encodable(value: str) -> str:
 
 
 Category = Annotated[StrictStr, Field(max_length=256), AfterValidator(_encodable)]
+Code = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]  # an integer category code (int64)
+VALUE_TYPES: dict[str, Any] = {NUMBER: Number, STRING: Category, INTEGER: Code, BOOLEAN: StrictBool}
 Label = StrictInt | Annotated[StrictFloat, Field(allow_inf_nan=False)] | Annotated[StrictStr, AfterValidator(_encodable)] | bool
 
 
@@ -29,11 +44,11 @@ class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def record_model(features: FeaturesSection) -> type[BaseModel]:
-    """One prediction request: an object of feature name -> value."""
+def record_model(features: FeaturesSection, value_types: dict[str, str]) -> type[BaseModel]:
+    """One prediction request: an object of feature name -> value of that feature's JSON type."""
     fields: dict[str, Any] = {}
     for name in features.all:
-        kind: Any = Number if name in features.numerical else Category
+        kind: Any = VALUE_TYPES[value_types[name]]
         if name in features.nullable:
             fields[name] = (kind | None, None)
         else:

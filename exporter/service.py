@@ -20,11 +20,14 @@ import pandas as pd
 
 from exporter.config import Settings
 from exporter.drift import CATEGORICAL, NUMERICAL, DriftResult, MethodOverride, Reference
+from exporter.features import FeatureTypeError, FeatureTypes, read_reference
+from exporter.guard import RequestPathError, check_request_path
 from exporter.job import InProcessRunner, JobError, JobSpec, JobTimeout, WorkerRunner
 from exporter.model import Model, Predictions
 from exporter.predictions import LabelUpdate, PredictionLog, PredictionRow, PredictionStore
 from exporter.quality import QualityResult, quality
 from exporter.report import CachedReport
+from exporter.schema import record_model
 
 log = logging.getLogger(__name__)
 
@@ -56,30 +59,43 @@ def _finite(result: Predictions) -> bool:
     return all(math.isfinite(v) for v in numbers)
 
 
-def read_table(path: Path) -> pd.DataFrame:
+def read_table(path: Path, category_types: dict[str, str]) -> pd.DataFrame:
     if not path.is_file():
         raise StartupError(f"{path}: reference file not found")
     try:
-        if path.suffix.lower() in (".parquet", ".pq"):
-            return pd.read_parquet(path)
-        return pd.read_csv(path)
+        return read_reference(path, category_types)
     except Exception as exc:
-        raise StartupError(f"{path}: cannot read reference data: {exc}") from exc
+        raise StartupError(f"{path}: cannot read reference data: {_one_line(exc)}") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         features = settings.features
-        try:
-            self.model = Model.load(settings.resolve(settings.model.path), features.all, settings.model.task)
-        except Exception as exc:
-            raise StartupError(str(exc)) from exc
         ref_path = settings.resolve(settings.reference.path)
-        frame = read_table(ref_path)
+        frame = read_table(ref_path, dict(features.category_types))
         missing = [c for c in features.all if c not in frame.columns]
         if missing:
             raise StartupError(f"{ref_path}: reference data lacks configured feature(s): {', '.join(missing)}")
+        try:
+            self.types = FeatureTypes.from_reference(frame, features.numerical, features.categorical,
+                                                     features.category_types)
+        except FeatureTypeError as exc:
+            raise StartupError(f"{ref_path}: {exc}") from exc
+        try:
+            self.model = Model.load(settings.resolve(settings.model.path), self.types, settings.model.task)
+        except Exception as exc:
+            raise StartupError(str(exc)) from exc
+        self.record_model = record_model(features, self.types.value_types())
+        try:
+            checked = check_request_path(self.model, self.record_model, frame)
+        except RequestPathError as exc:
+            raise StartupError(f"{ref_path}: {exc}") from exc
+        log.info("request path checked: %d reference rows get the model's own answers through /predict", checked)
         prediction_type = NUMERICAL if settings.model.task == "regression" else CATEGORICAL
         ref_predictions, ref_probas = self._reference_predictions(frame, ref_path)
         try:
@@ -107,6 +123,7 @@ class Service:
             self.store, queue_size=plog.queue_size, batch_size=plog.batch_size, flush_interval=plog.flush_interval_seconds
         )
         self.predictions_total = 0
+        self.prediction_errors = 0
         self.feedback_total = 0
         self.feedback_replaced = 0
         self._counter_lock = threading.Lock()
@@ -156,8 +173,12 @@ class Service:
         try:
             result: Predictions = self.model.predict(records)
         except (ValueError, TypeError) as exc:  # scikit-learn's way of refusing an input
-            raise PredictionError(f"the model cannot predict on this input: {exc}") from exc
+            self._count_error()
+            log.warning("the model refused a valid request: %s: %s", type(exc).__name__, _one_line(exc))
+            # The model's own message names its internals; the client gets a plain sentence, the log the details.
+            raise PredictionError("the model cannot predict on this input (the service log has the details)") from exc
         if not _finite(result):
+            self._count_error()
             raise PredictionError("the model gave a non-finite output for this input")
         now = time.time()
         version = self.settings.model.version
@@ -184,6 +205,10 @@ class Service:
             }
             for r in rows
         ]
+
+    def _count_error(self) -> None:
+        with self._counter_lock:
+            self.prediction_errors += 1
 
     # -- feedback ----------------------------------------------------------------------------------------------
     def unknown_request_ids(self, request_ids: list[str]) -> tuple[list[str], dict[str, Any]]:
@@ -227,6 +252,7 @@ class Service:
             task=self.settings.model.task,
             classes=self.model.classes,
             with_quality=self.settings.target is not None,
+            model_version=self.settings.model.version,
             overrides=self.overrides,
             prediction_override=self.prediction_override,
         )
