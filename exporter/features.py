@@ -140,11 +140,7 @@ class FeatureTypes:
     def model_frame(self, records: list[dict[str, Any]]) -> pd.DataFrame:
         """Request records (validated, so each value has its feature's JSON type or is None) as the frame the model
         was trained on: the reference's dtypes, with the reference's missing value for nulls."""
-        columns = {
-            name: _as_dtype([r.get(name) for r in records], spec)
-            for name, spec in self.specs.items()
-        }
-        return pd.DataFrame(columns, index=pd.RangeIndex(len(records)))
+        return pd.DataFrame({name: _column([r[name] for r in records], spec) for name, spec in self.specs.items()})
 
     def request_value(self, name: str, value: Any) -> Any:
         """A reference value as a client sends it in JSON (None for missing)."""
@@ -160,22 +156,23 @@ class FeatureTypes:
         return str(value)
 
 
-def _as_dtype(values: list[Any], spec: FeatureSpec) -> pd.Series:
-    s = pd.Series(values, dtype=object)
-    missing = s.isna()
+def _column(values: list[Any], spec: FeatureSpec) -> Any:
+    """One feature's request values (its JSON type, or None) as the reference holds them; built with numpy
+    directly, as this runs on every request."""
     dtype = spec.dtype
+    has_null = any(v is None for v in values)
+    filled = [np.nan if v is None else v for v in values] if has_null else values
     if spec.value_type == NUMBER:
-        if isinstance(dtype, np.dtype) and dtype.kind == "f":
-            return s.astype(dtype)  # float32 stays float32: the model's arithmetic is the reference's
-        return s.astype(float)  # a number sent for an int64 column must not be truncated; None -> NaN
+        # float32 stays float32; a number sent for an int64 column is not truncated; None -> NaN
+        return np.array(filled, dtype=dtype if isinstance(dtype, np.dtype) and dtype.kind == "f" else float)
     if isinstance(dtype, np.dtype):
         if dtype.kind == "f":
-            return s.astype(float)  # integer codes read as float because of gaps
+            return np.array(filled, dtype=dtype)  # integer codes read as float because of gaps
         if dtype.kind in "iu":
-            return s.astype(dtype) if not missing.any() else s.astype(float)  # as pandas reads codes with gaps
+            return np.array(filled, dtype=float if has_null else dtype)  # as pandas reads codes with gaps
         if dtype.kind == "b":
-            return s.astype(bool) if not missing.any() else s.where(~missing, np.nan)  # as pandas reads gaps
-        return s.where(~missing, np.nan)  # text (object): read_csv's missing value is NaN, not None
+            return np.array(filled, dtype=object if has_null else bool)  # as pandas reads booleans with gaps
+        return np.array(filled, dtype=object)  # text: read_csv's missing value is NaN, not None
     if isinstance(dtype, pd.CategoricalDtype):
-        return s.where(~missing, np.nan)
-    return s.astype(dtype)  # nullable extension dtypes (Int64, boolean, string, Float64) hold <NA> themselves
+        return np.array(filled, dtype=object)
+    return pd.array(values, dtype=dtype)  # nullable extension dtypes (Int64, boolean, string, Float64): <NA>
