@@ -40,6 +40,7 @@ features:
   numerical: [bill_length_mm, bill_depth_mm, flipper_length_mm, body_mass_g]
   categorical: [island, sex]
   nullable: [bill_depth_mm, sex]   # may be null or absent at /predict; the others are required
+  # category_types: {island: string}   # JSON type of a category (string, integer, boolean); default: the reference's
 
 target: species               # label column of the reference; /feedback labels are compared with it
 
