@@ -81,6 +81,15 @@ class DriftSection(_Section):
         default="process", description="Run the job in a worker process (default) or a thread of the service."
     )
 
+    @model_validator(mode="after")
+    def _check(self) -> DriftSection:
+        if self.min_rows > self.window_size:
+            raise ValueError(
+                f"drift.min_rows ({self.min_rows}) is greater than drift.window_size ({self.window_size}): the window "
+                "never holds enough rows and drift would never be computed"
+            )
+        return self
+
 
 class PredictionLogSection(_Section):
     queue_size: int = Field(default=100_000, ge=1, description="Rows buffered in memory; beyond this rows are dropped and counted.")
