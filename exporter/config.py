@@ -124,7 +124,13 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _url(cls, value: str) -> str:
-        make_url(value)  # raises a clear ArgumentError on a malformed URL
+        url = make_url(value)  # raises a clear ArgumentError on a malformed URL
+        if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+            # each connection would get its own empty database: the writer's, the drift worker's, the API's
+            raise ValueError(
+                f"{value} is an in-memory SQLite database, which the prediction writer and the drift job cannot "
+                "share: use a file, e.g. sqlite:///predictions.db"
+            )
         return value
 
     @model_validator(mode="after")

@@ -48,6 +48,10 @@ def serve_refused(config: Path, env: dict[str, str] | None = None, *, prefix: li
     [
         pytest.param({"drift": {"window_size": 50, "min_rows": 100}}, {},
                      ["drift.min_rows", "drift.window_size", "100", "50"], id="min-rows-over-window"),
+        pytest.param({"database_url": "sqlite:///:memory:"}, {},
+                     ["database_url", "in-memory", "sqlite:///predictions.db"], id="sqlite-memory"),
+        pytest.param({}, {"EXPORTER_DATABASE_URL": "sqlite://"},
+                     ["database_url", "in-memory", "sqlite:///predictions.db"], id="sqlite-empty-path-env"),
     ],
 )
 def test_refused_at_start(demo_dir: Path, tmp_path: Path, changes: dict[str, Any], env: dict[str, str],
