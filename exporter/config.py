@@ -105,6 +105,16 @@ class AuthSection(_Section):
     )
     protect_metrics: bool = Field(default=False, description="Also require the token on /metrics.")
 
+    @model_validator(mode="after")
+    def _check(self) -> AuthSection:
+        # An unset variable in a compose file gives "": refuse it rather than silently turn authentication off.
+        if self.token is not None and not self.token.strip():
+            raise ValueError("auth.token is empty: unset it to turn authentication off, or set a token")
+        if self.protect_metrics and self.token is None:
+            raise ValueError("auth.protect_metrics is true but auth.token is not set: set a token (EXPORTER_AUTH__TOKEN) "
+                             "or turn protect_metrics off")
+        return self
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EXPORTER_", env_nested_delimiter="__", extra="forbid")

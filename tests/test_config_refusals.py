@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
+from exporter.app import create_app
+from exporter.config import load_settings
 from tests.helpers import config_folder, free_port, terminate
 
 
@@ -48,6 +51,13 @@ def serve_refused(config: Path, env: dict[str, str] | None = None, *, prefix: li
     [
         pytest.param({"drift": {"window_size": 50, "min_rows": 100}}, {},
                      ["drift.min_rows", "drift.window_size", "100", "50"], id="min-rows-over-window"),
+        pytest.param({}, {"EXPORTER_AUTH__TOKEN": ""},
+                     ["auth.token is empty: unset it to turn authentication off, or set a token"], id="empty-token-env"),
+        pytest.param({"auth": {"token": "  "}}, {},
+                     ["auth.token is empty: unset it to turn authentication off, or set a token"],
+                     id="blank-token-file"),
+        pytest.param({"auth": {"protect_metrics": True}}, {},
+                     ["auth.protect_metrics", "auth.token"], id="protect-metrics-without-token"),
         pytest.param({"database_url": "sqlite:///:memory:"}, {},
                      ["database_url", "in-memory", "sqlite:///predictions.db"], id="sqlite-memory"),
         pytest.param({}, {"EXPORTER_DATABASE_URL": "sqlite://"},
@@ -60,3 +70,35 @@ def test_refused_at_start(demo_dir: Path, tmp_path: Path, changes: dict[str, Any
     line = serve_refused(config, env)
     for part in expected:  # "!name": must not be in the line
         assert (part[1:] not in line) if part.startswith("!") else (part in line), (part, line)
+
+
+# -- authentication: one line at start says what is protected -----------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("auth", "expected"),
+    [
+        ({}, "authentication off: /monitoring, /drift, /feedback and /metrics are open"),
+        ({"token": "t0ken"}, "authentication on: bearer token required on /monitoring, /drift, /feedback; "
+                             "/metrics is open"),
+        ({"token": "t0ken", "protect_metrics": True},
+         "authentication on: bearer token required on /monitoring, /drift, /feedback, /metrics"),
+    ],
+)
+def test_start_logs_whether_authentication_is_on(demo_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                 auth: dict[str, Any], expected: str) -> None:
+    config = config_folder(demo_dir, tmp_path, auth=auth)
+    with caplog.at_level(logging.INFO, logger="exporter"):
+        app = create_app(load_settings(config), start_scheduler=False)
+    app.state.service.stop()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("authentication ")]
+    assert len(lines) == 1 and lines[0].startswith(expected), lines
+    assert "t0ken" not in lines[0]
+
+
+def test_compose_and_readme_pass_no_empty_token() -> None:
+    root = Path(__file__).resolve().parent.parent
+    for name in ("docker-compose.yml", "README.md", "Dockerfile"):
+        text = (root / name).read_text()
+        for bad in ("EXPORTER_AUTH__TOKEN:", "EXPORTER_AUTH__TOKEN=\"\"", "EXPORTER_AUTH__TOKEN=''",
+                    "${EXPORTER_AUTH__TOKEN"):
+            assert bad not in text, (name, bad)
