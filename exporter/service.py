@@ -25,6 +25,7 @@ from exporter.model import Model, Predictions
 from exporter.predictions import LabelUpdate, PredictionLog, PredictionRow, PredictionStore
 from exporter.quality import QualityResult, quality
 from exporter.report import CachedReport
+from exporter.stattests import check_method
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,24 @@ def read_table(path: Path) -> pd.DataFrame:
         raise StartupError(f"{path}: cannot read reference data: {exc}") from exc
 
 
+def check_methods(settings: Settings) -> None:
+    """Refuse a configured stat test Evidently lacks for the column's type: it would fail every drift run."""
+    for name, cfg in settings.drift.per_feature.items():
+        if cfg.method is not None:
+            kind = NUMERICAL if name in settings.features.numerical else CATEGORICAL
+            try:
+                check_method(cfg.method, kind)
+            except ValueError as exc:
+                raise StartupError(f"drift.per_feature.{name}.method: {exc}") from None
+    method = settings.drift.prediction.method
+    if method is not None:
+        task = settings.model.task
+        try:
+            check_method(method, NUMERICAL if task == "regression" else CATEGORICAL)
+        except ValueError as exc:
+            raise StartupError(f"drift.prediction.method: {exc} (the predictions of a {task} model)") from None
+
+
 class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -101,6 +120,7 @@ class Service:
                 self.model.classes,
             ).metrics
 
+        check_methods(settings)
         self.store = PredictionStore(settings.resolved_database_url)
         plog = settings.prediction_log
         self.prediction_log = PredictionLog(

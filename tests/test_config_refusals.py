@@ -7,15 +7,20 @@ import logging
 import os
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+import joblib
 import pytest
+from sklearn.datasets import load_diabetes
+from sklearn.linear_model import Ridge
 
 from exporter.app import create_app
 from exporter.config import load_settings
+from exporter.service import Service
 from tests.helpers import config_folder, free_port, terminate
 
 
@@ -49,6 +54,18 @@ def serve_refused(config: Path, env: dict[str, str] | None = None, *, prefix: li
 @pytest.mark.parametrize(
     ("changes", "env", "expected"),
     [
+        pytest.param({"drift": {"per_feature": {"bill_length_mm": {"method": "kss"}}}}, {},
+                     ["drift.per_feature.bill_length_mm.method", "'kss'", "numerical", "anderson", "ks,", "psi",
+                      "wasserstein", "!chisquare", "!TVD"], id="unknown-method"),
+        pytest.param({"drift": {"per_feature": {"bill_length_mm": {"method": "chisquare"}}}}, {},
+                     ["drift.per_feature.bill_length_mm.method", "'chisquare'", "numerical", "wasserstein"],
+                     id="categorical-method-on-a-number"),
+        pytest.param({"drift": {"per_feature": {"island": {"method": "ks", "threshold": 0.1}}}}, {},
+                     ["drift.per_feature.island.method", "'ks'", "categorical", "chisquare", "jensenshannon"],
+                     id="numerical-method-on-a-category"),
+        pytest.param({"drift": {"prediction": {"method": "wasserstein"}}}, {},
+                     ["drift.prediction.method", "'wasserstein'", "categorical", "classification"],
+                     id="numerical-method-on-class-predictions"),
         pytest.param({"drift": {"window_size": 50, "min_rows": 100}}, {},
                      ["drift.min_rows", "drift.window_size", "100", "50"], id="min-rows-over-window"),
         pytest.param({}, {"EXPORTER_AUTH__TOKEN": ""},
@@ -70,6 +87,38 @@ def test_refused_at_start(demo_dir: Path, tmp_path: Path, changes: dict[str, Any
     line = serve_refused(config, env)
     for part in expected:  # "!name": must not be in the line
         assert (part[1:] not in line) if part.startswith("!") else (part in line), (part, line)
+
+
+def test_prediction_method_follows_the_task(tmp_path: Path) -> None:
+    """Regression predictions are numbers: a numerical test is accepted, a categorical one refused."""
+    data = load_diabetes(as_frame=True).frame
+    features = [c for c in data.columns if c != "target"]
+    joblib.dump(Ridge().fit(data[features], data["target"]), tmp_path / "ridge.joblib")
+    data.to_csv(tmp_path / "train.csv", index=False)
+
+    def config(method: str) -> Path:
+        path = tmp_path / f"config-{method}.yaml"
+        path.write_text(textwrap.dedent(f"""\
+            model: {{path: ridge.joblib, task: regression}}
+            reference: {{path: train.csv}}
+            features: {{numerical: [{', '.join(features)}]}}
+            database_url: sqlite:///log.db
+            drift: {{prediction: {{method: {method}}}}}
+        """))
+        return path
+
+    line = serve_refused(config("chisquare"))
+    assert "drift.prediction.method" in line and "numerical" in line and "regression" in line, line
+    assert "wasserstein" in line
+    service = Service(load_settings(config("psi")))  # accepted
+    service.stop()
+
+
+def test_valid_methods_are_accepted(demo_dir: Path, tmp_path: Path) -> None:
+    config = config_folder(demo_dir, tmp_path, drift={
+        "per_feature": {"bill_length_mm": {"method": "psi"}, "island": {"method": "TVD"}},
+        "prediction": {"method": "jensenshannon"}, "window_size": 100, "min_rows": 100})
+    Service(load_settings(config)).stop()
 
 
 # -- authentication: one line at start says what is protected -----------------------------------------------------
