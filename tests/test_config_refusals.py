@@ -15,13 +15,22 @@ from typing import Any
 import httpx
 import joblib
 import pytest
+import yaml
 from sklearn.datasets import load_diabetes
 from sklearn.linear_model import Ridge
 
 from exporter.app import create_app
 from exporter.config import load_settings
+from exporter.predictions import PredictionStore
 from exporter.service import Service
 from tests.helpers import config_folder, free_port, terminate
+
+# Root ignores file permissions through two capabilities; without them it is refused like any user. (The
+# interpreter lives under /root, which an unprivileged user such as nobody cannot reach.)
+UNPRIVILEGED = (
+    ["setpriv", "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search", "--"]
+    if os.geteuid() == 0 else []
+)
 
 
 def serve_refused(config: Path, env: dict[str, str] | None = None, *, prefix: list[str] | None = None) -> str:
@@ -79,6 +88,9 @@ def serve_refused(config: Path, env: dict[str, str] | None = None, *, prefix: li
                      ["database_url", "in-memory", "sqlite:///predictions.db"], id="sqlite-memory"),
         pytest.param({}, {"EXPORTER_DATABASE_URL": "sqlite://"},
                      ["database_url", "in-memory", "sqlite:///predictions.db"], id="sqlite-empty-path-env"),
+        pytest.param({"database_url": "sqlite:///reference.csv/predictions.db"}, {},
+                     ["database_url", "EXPORTER_DATABASE_URL", "reference.csv/predictions.db", "writable location"],
+                     id="sqlite-parent-is-a-file"),
     ],
 )
 def test_refused_at_start(demo_dir: Path, tmp_path: Path, changes: dict[str, Any], env: dict[str, str],
@@ -119,6 +131,53 @@ def test_valid_methods_are_accepted(demo_dir: Path, tmp_path: Path) -> None:
         "per_feature": {"bill_length_mm": {"method": "psi"}, "island": {"method": "TVD"}},
         "prediction": {"method": "jensenshannon"}, "window_size": 100, "min_rows": 100})
     Service(load_settings(config)).stop()
+
+
+# -- an SQLite database the service cannot write -----------------------------------------------------------------
+
+def test_sqlite_in_a_read_only_config_folder_is_refused(demo_dir: Path, tmp_path: Path) -> None:
+    """The default database sits next to the config: a read-only mount (a Kubernetes ConfigMap) cannot hold it."""
+    config = config_folder(demo_dir, tmp_path / "ro")
+    settings = yaml.safe_load(config.read_text())
+    del settings["database_url"]  # the default: .exporter/predictions.db beside the config
+    config.write_text(yaml.safe_dump(settings))
+    (tmp_path / "writable").mkdir()
+    try:
+        config.parent.chmod(0o555)
+        line = serve_refused(config, prefix=UNPRIVILEGED)
+        assert f"{config.parent}/.exporter/predictions.db" in line, line
+        assert "database_url" in line and "EXPORTER_DATABASE_URL" in line and "Permission denied" in line, line
+        # the remedy the message gives works
+        elsewhere = {"EXPORTER_DATABASE_URL": f"sqlite:///{tmp_path}/writable/predictions.db"}
+        proc = subprocess.run(
+            [*UNPRIVILEGED, sys.executable, "-m", "exporter.cli", "drift", "--config", str(config)],
+            capture_output=True, text=True, timeout=120, env={**os.environ, "DO_NOT_TRACK": "1", **elsewhere},
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "drift skipped" in proc.stdout
+    finally:
+        config.parent.chmod(0o755)
+
+
+@pytest.mark.parametrize("read_only", ["folder", "file"])
+def test_sqlite_database_not_writable_is_refused(demo_dir: Path, tmp_path: Path, read_only: str) -> None:
+    """The folder exists but cannot be written, or the file exists read-only: every write would fail forever."""
+    config = config_folder(demo_dir, tmp_path, database_url="sqlite:///data/predictions.db")
+    data = config.parent / "data"
+    if read_only == "file":
+        # the file and its table exist: only a write finds the file read-only
+        PredictionStore(load_settings(config).resolved_database_url).create_schema()
+        locked = data / "predictions.db"
+    else:
+        data.mkdir()
+        locked = data
+    mode = locked.stat().st_mode
+    try:
+        locked.chmod(0o555 if read_only == "folder" else 0o444)
+        line = serve_refused(config, prefix=UNPRIVILEGED)
+        assert f"{data}/predictions.db" in line and "writable location" in line, line
+    finally:
+        locked.chmod(mode)
 
 
 # -- authentication: one line at start says what is protected -----------------------------------------------------
