@@ -1,4 +1,5 @@
-"""Configs that would start but could not work are refused at start with one line naming the key."""
+"""Configs that would start but could not work are refused at start with one line naming the key; and the drift
+job's timeout covers the run, not the start-up of its worker process."""
 
 from __future__ import annotations
 
@@ -16,14 +17,17 @@ import httpx
 import joblib
 import pytest
 import yaml
+from fastapi.testclient import TestClient
 from sklearn.datasets import load_diabetes
 from sklearn.linear_model import Ridge
 
 from exporter.app import create_app
 from exporter.config import load_settings
+from exporter.job import JobError, WorkerRunner
 from exporter.predictions import PredictionStore
 from exporter.service import Service
-from tests.helpers import config_folder, free_port, terminate
+from tests.helpers import config_folder, free_port, live_server, sample, terminate
+from tests.test_api import GOOD, flush
 
 # Root ignores file permissions through two capabilities; without them it is refused like any user. (The
 # interpreter lives under /root, which an unprivileged user such as nobody cannot reach.)
@@ -210,3 +214,58 @@ def test_compose_and_readme_pass_no_empty_token() -> None:
         for bad in ("EXPORTER_AUTH__TOKEN:", "EXPORTER_AUTH__TOKEN=\"\"", "EXPORTER_AUTH__TOKEN=''",
                     "${EXPORTER_AUTH__TOKEN"):
             assert bad not in text, (name, bad)
+
+
+# -- the drift job's timeout ----------------------------------------------------------------------------------------
+
+def test_short_timeout_covers_the_run_not_the_worker_start(demo_dir: Path, tmp_path: Path) -> None:
+    """Starting the worker process (spawn, imports, the reference) takes 5 s or more; a 2 s timeout still works."""
+    config = config_folder(demo_dir, tmp_path, drift={
+        "timeout_seconds": 2, "interval_seconds": 1, "min_rows": 20, "window_size": 100, "report": False})
+    with live_server(config) as server:
+        assert httpx.post(f"{server.url}/predict/batch", json={"records": [GOOD] * 30}, timeout=10).status_code == 200
+        metrics = server.wait_for(
+            lambda m: m if (sample(m, "model_drift_job_runs_total") or 0) >= 4
+            or (sample(m, "model_drift_job_failures_total") or 0) > 0 else None, timeout=90)
+        assert sample(metrics, "model_drift_job_failures_total") == 0, server.log()
+        assert sample(metrics, "model_drift_job_timeouts_total") == 0
+        assert sample(metrics, "model_drift_window_rows") == 30
+
+
+def test_worker_that_never_gets_ready_is_a_failed_run_and_killed(demo_dir: Path, tmp_path: Path) -> None:
+    config = config_folder(demo_dir, tmp_path, drift={"min_rows": 1})
+    service = Service(load_settings(config))
+    service.store.create_schema()
+    runner = WorkerRunner(service.job_spec())
+    try:
+        runner.startup_timeout = 0.01  # no worker process imports pandas that fast
+        with pytest.raises(JobError, match=r"not ready within 0\.01s.*killed"):
+            runner.run(60)
+        assert not runner._proc.is_alive()
+        runner.startup_timeout = 120
+        output = runner.run(2)  # a fresh worker; the run alone is short
+        assert output.drift.window_rows == 0 and runner.restarts == 1
+    finally:
+        runner.close()
+        service.stop()
+
+
+def test_thread_isolation_counts_an_overrun_and_discards_its_result(demo_dir: Path, tmp_path: Path) -> None:
+    """A thread cannot be stopped: the run ends, is counted as a timeout, and its result is not published."""
+    config = config_folder(demo_dir, tmp_path, drift={"min_rows": 1, "isolation": "thread", "timeout_seconds": 0.05})
+    app = create_app(load_settings(config), start_scheduler=False)
+    service = app.state.service
+    with TestClient(app) as client:
+        assert client.post("/predict/batch", json={"records": [GOOD] * 30}).status_code == 200
+        flush(client)
+        service.run_drift_job()  # building the HTML report alone takes longer than 50 ms
+        assert service.job_stats.failures == 1 and service.job_stats.timeouts == 1
+        assert "0.05s timeout" in (service.job_stats.last_error or "")
+        assert service.drift_result is None and service.report is None and service.job_stats.last_success == 0
+        service.settings.drift.timeout_seconds = 120
+        service.run_drift_job()
+        assert service.job_stats.failures == 1 and service.job_stats.runs == 2
+        assert service.drift_result is not None and service.drift_result.window_rows == 30
+        text = client.get("/metrics").text
+        assert "model_drift_job_timeouts_total 1.0" in text
+        assert "model_drift_job_failures_total 1.0" in text
