@@ -88,6 +88,13 @@ def create_app(settings: Settings, *, start_scheduler: bool = True) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     token = BearerToken(settings.auth.token)
     private = protected(token)
+    if settings.auth.token is None:
+        log.info("authentication off: /monitoring, /drift, /feedback and /metrics are open "
+                 "(set EXPORTER_AUTH__TOKEN to require a bearer token)")
+    elif settings.auth.protect_metrics:
+        log.info("authentication on: bearer token required on /monitoring, /drift, /feedback, /metrics")
+    else:
+        log.info("authentication on: bearer token required on /monitoring, /drift, /feedback; /metrics is open")
     app.state.service = service
     app.state.registry = registry
     app.state.scheduler = scheduler

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import time
@@ -155,6 +156,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
     cfg = service.settings.drift
     cfg.report = False
     cfg.isolation = "thread"  # one run: no worker process needed
+    cfg.timeout_seconds = math.inf  # in the foreground, shown however long it takes
     service.run_drift_job()
     console = Console(width=None if sys.stdout.isatty() else 160)
     result = service.drift_result

@@ -88,6 +88,15 @@ class DriftSection(_Section):
         default="process", description="Run the job in a worker process (default) or a thread of the service."
     )
 
+    @model_validator(mode="after")
+    def _check(self) -> DriftSection:
+        if self.min_rows > self.window_size:
+            raise ValueError(
+                f"drift.min_rows ({self.min_rows}) is greater than drift.window_size ({self.window_size}): the window "
+                "never holds enough rows and drift would never be computed"
+            )
+        return self
+
 
 class PredictionLogSection(_Section):
     queue_size: int = Field(default=100_000, ge=1, description="Rows buffered in memory; beyond this rows are dropped and counted.")
@@ -102,6 +111,16 @@ class AuthSection(_Section):
         description="Bearer token required by /monitoring, /drift and /feedback (set it with EXPORTER_AUTH__TOKEN).",
     )
     protect_metrics: bool = Field(default=False, description="Also require the token on /metrics.")
+
+    @model_validator(mode="after")
+    def _check(self) -> AuthSection:
+        # An unset variable in a compose file gives "": refuse it rather than silently turn authentication off.
+        if self.token is not None and not self.token.strip():
+            raise ValueError("auth.token is empty: unset it to turn authentication off, or set a token")
+        if self.protect_metrics and self.token is None:
+            raise ValueError("auth.protect_metrics is true but auth.token is not set: set a token (EXPORTER_AUTH__TOKEN) "
+                             "or turn protect_metrics off")
+        return self
 
 
 class Settings(BaseSettings):
@@ -122,7 +141,13 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _url(cls, value: str) -> str:
-        make_url(value)  # raises a clear ArgumentError on a malformed URL
+        url = make_url(value)  # raises a clear ArgumentError on a malformed URL
+        if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+            # each connection would get its own empty database: the writer's, the drift worker's, the API's
+            raise ValueError(
+                f"{value} is an in-memory SQLite database, which the prediction writer and the drift job cannot "
+                "share: use a file, e.g. sqlite:///predictions.db"
+            )
         return value
 
     @model_validator(mode="after")

@@ -91,7 +91,8 @@ def run_job(spec: JobSpec, store: PredictionStore) -> JobOutput:
 
 class InProcessRunner:
     """Runs in the calling thread (the CLI's one-off `exporter drift`, or `drift.isolation: thread`).
-    The timeout cannot be enforced here."""
+    A thread cannot be stopped: a run that overruns its timeout finishes, then is counted as a timeout and its
+    result discarded, as a killed worker's would be."""
 
     def __init__(self, spec: JobSpec) -> None:
         self.spec = spec
@@ -100,10 +101,15 @@ class InProcessRunner:
     def run(self, timeout: float) -> JobOutput:
         if threading.current_thread() is not threading.main_thread():
             lower_priority()  # the scheduler's thread, not a CLI's or a caller's main thread
+        started = time.monotonic()
         try:
-            return run_job(self.spec, self.store)
+            output = run_job(self.spec, self.store)
         except Exception as exc:
             raise JobError(f"{type(exc).__name__}: {exc}") from exc
+        took = time.monotonic() - started
+        if took > timeout:
+            raise JobTimeout(f"run took {took:.2f}s, over the {timeout:g}s timeout; its result was discarded")
+        return output
 
     def close(self) -> None:
         self.store.dispose()
@@ -119,6 +125,7 @@ def lower_priority() -> None:
 def _worker_main(conn: Connection, spec: JobSpec) -> None:
     lower_priority()
     store = PredictionStore(spec.database_url)
+    conn.send("ready")  # imports and the spec are loaded: the runner times runs from here
     while True:
         try:
             message = conn.recv()
@@ -134,7 +141,12 @@ def _worker_main(conn: Connection, spec: JobSpec) -> None:
 
 
 class WorkerRunner:
-    """Runs in a long-lived worker process, replaced when a run overruns its timeout or the process dies."""
+    """Runs in a long-lived worker process, replaced when a run overruns its timeout or the process dies.
+
+    Starting the worker (spawning it, importing pandas, scipy and Evidently, loading the reference) takes seconds;
+    it is bounded by ``startup_timeout`` on its own, so a run's timeout covers the run alone."""
+
+    startup_timeout = 120.0
 
     def __init__(self, spec: JobSpec) -> None:
         self.spec = spec
@@ -154,7 +166,18 @@ class WorkerRunner:
             self._proc.start()
             child.close()
             self._conn = parent
+            self._wait_ready(parent)
         return self._conn
+
+    def _wait_ready(self, conn: Connection) -> None:
+        try:
+            message = conn.recv() if conn.poll(self.startup_timeout) else None
+        except (EOFError, OSError) as exc:
+            self._kill()
+            raise JobError(f"drift worker process died while starting (exit code {self._proc.exitcode})") from exc
+        if message != "ready":
+            self._kill()
+            raise JobError(f"drift worker process was not ready within {self.startup_timeout:g}s and was killed")
 
     def run(self, timeout: float) -> JobOutput:
         conn = self._ensure()

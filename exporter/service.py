@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from exporter.config import Settings
 from exporter.drift import CATEGORICAL, NUMERICAL, DriftResult, MethodOverride, Reference
@@ -24,10 +26,11 @@ from exporter.features import FeatureTypeError, FeatureTypes, read_reference
 from exporter.guard import RequestPathError, check_request_path
 from exporter.job import InProcessRunner, JobError, JobSpec, JobTimeout, WorkerRunner
 from exporter.model import Model, Predictions
-from exporter.predictions import LabelUpdate, PredictionLog, PredictionRow, PredictionStore
+from exporter.predictions import LabelUpdate, PredictionLog, PredictionRow, PredictionStore, predictions_table
 from exporter.quality import QualityResult, quality
 from exporter.report import CachedReport
 from exporter.schema import record_model
+from exporter.stattests import check_method
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,47 @@ def read_table(path: Path, category_types: dict[str, str]) -> pd.DataFrame:
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
+
+
+def check_methods(settings: Settings) -> None:
+    """Refuse a configured stat test Evidently lacks for the column's type: it would fail every drift run."""
+    for name, cfg in settings.drift.per_feature.items():
+        if cfg.method is not None:
+            kind = NUMERICAL if name in settings.features.numerical else CATEGORICAL
+            try:
+                check_method(cfg.method, kind)
+            except ValueError as exc:
+                raise StartupError(f"drift.per_feature.{name}.method: {exc}") from None
+    method = settings.drift.prediction.method
+    if method is not None:
+        task = settings.model.task
+        try:
+            check_method(method, NUMERICAL if task == "regression" else CATEGORICAL)
+        except ValueError as exc:
+            raise StartupError(f"drift.prediction.method: {exc} (the predictions of a {task} model)") from None
+
+
+def open_store(url: str) -> PredictionStore:
+    """The prediction store. An SQLite file is created and written to here: one that cannot be will not get better
+    by waiting, unlike a database server that is down (its rows are buffered until it is up)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return PredictionStore(url)
+    store = None
+    try:
+        store = PredictionStore(url)
+        store.create_schema()
+        with store.engine.begin() as conn:  # a write that changes nothing; fails on a read-only file
+            conn.execute(predictions_table.delete().where(predictions_table.c.id == -1))
+    except (OSError, SQLAlchemyError) as exc:
+        if store is not None:
+            store.dispose()
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        raise StartupError(
+            f"database_url: cannot write the SQLite database {parsed.database} ({reason}): set database_url "
+            "(or EXPORTER_DATABASE_URL) to a writable location"
+        ) from exc
+    return store
 
 
 class Service:
@@ -117,7 +161,8 @@ class Service:
                 self.model.classes,
             ).metrics
 
-        self.store = PredictionStore(settings.resolved_database_url)
+        check_methods(settings)
+        self.store = open_store(settings.resolved_database_url)
         plog = settings.prediction_log
         self.prediction_log = PredictionLog(
             self.store, queue_size=plog.queue_size, batch_size=plog.batch_size, flush_interval=plog.flush_interval_seconds

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from evidently.legacy.calculations import stattests as ev
-from evidently.legacy.calculations.stattests import get_stattest
+from evidently.legacy.calculations.stattests import get_stattest, registry
 from evidently.legacy.core import ColumnType
 from scipy.spatial import distance
 
@@ -36,6 +36,18 @@ class TestResult:
 
 def column_type(kind: str) -> ColumnType:
     return ColumnType.Numerical if kind == NUMERICAL else ColumnType.Categorical
+
+
+def check_method(method: str, kind: str) -> None:
+    """Raise ValueError, listing the valid names, unless Evidently has a stat test ``method`` for columns of type
+    ``kind``: ``get_stattest`` would raise the same at every run."""
+    try:
+        registry.get_registered_stattest(method, column_type(kind))
+    except ValueError:
+        valid = sorted(name for name, by_type in registry._registered_stat_tests.items() if column_type(kind) in by_type)
+        raise ValueError(
+            f"{method!r} is not one of Evidently's stat tests for {kind} data: {', '.join(valid)}"
+        ) from None
 
 
 class ColumnStats:

@@ -58,7 +58,7 @@ def test_overrunning_run_is_abandoned_counted_and_next_run_recovers(demo_dir: Pa
     service = app.state.service
     with TestClient(app) as client:
         assert client.post("/predict", json=GOOD).status_code == 200
-        service.run_drift_job()  # starting the worker alone takes longer than 50 ms
+        service.run_drift_job()  # building the HTML report alone takes longer than 50 ms
         assert service.job_stats.failures == 1 and service.job_stats.timeouts == 1
         assert "timeout" in (service.job_stats.last_error or "")
         assert not service.runner._proc.is_alive()  # abandoned: the worker was killed
