@@ -22,7 +22,7 @@ from exporter.config import Settings
 from exporter.metrics import DriftExposition, build_registry
 from exporter.report import placeholder_page
 from exporter.scheduler import DriftScheduler
-from exporter.schema import BatchPredictionResponse, Label, PredictionResponse, batch_model, record_model
+from exporter.schema import BatchPredictionResponse, Label, Number, PredictionResponse, batch_model, record_model
 from exporter.security import BearerToken, BodySizeLimit, protected
 from exporter.service import PredictionError, Service
 
@@ -101,7 +101,7 @@ def create_app(settings: Settings, *, start_scheduler: bool = True) -> FastAPI:
 
     Record = record_model(settings.features)
     Batch = batch_model(Record, settings.max_batch_records)
-    label_type: Any = float if settings.model.task == "regression" else Label
+    label_type: Any = Number if settings.model.task == "regression" else Label  # strict and finite, as features
     Feedback = create_model(
         "Feedback",
         __config__=ConfigDict(extra="forbid"),

@@ -1,0 +1,155 @@
+"""Labels that are accepted must be stored or counted: strict regression labels, all-or-nothing feedback batches,
+label losses exported as ``model_feedback_dropped_total``, 503 (not 500) while the database is down, and a model
+version that fits the predictions table.
+
+Every request goes through a real ``exporter serve`` process. Database outages stop a private PostgreSQL server
+(tests/pg_private.py), never the shared one; "nothing listens on this port" stands in for a database that never
+comes up.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import joblib
+import pytest
+import yaml
+from sklearn.datasets import load_diabetes
+from sklearn.linear_model import Ridge
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sqlalchemy import create_engine, select
+
+from exporter.demo import Traffic
+from exporter.predictions import predictions_table
+from tests.helpers import config_folder, deep_update, free_port, live_server, sample
+from tests.pg_private import PostgresUnavailable, PrivatePostgres
+
+
+# -- helpers ----------------------------------------------------------------------------------------------------
+def regression_config(folder: Path, **changes: Any) -> tuple[Path, list[dict[str, float]]]:
+    """A Ridge pipeline on scikit-learn's diabetes data, its config (``changes`` merged in) and some feature rows."""
+    data = load_diabetes(as_frame=True).frame
+    features = [c for c in data.columns if c != "target"]
+    folder.mkdir(parents=True, exist_ok=True)
+    joblib.dump(make_pipeline(StandardScaler(), Ridge()).fit(data[features], data["target"]), folder / "ridge.joblib")
+    data.to_csv(folder / "reference.csv", index=False)
+    config: dict[str, Any] = {
+        "model": {"path": "ridge.joblib", "name": "diabetes", "version": "1", "task": "regression"},
+        "reference": {"path": "reference.csv"},
+        "features": {"numerical": features},
+        "target": "target",
+        "database_url": "sqlite:///log.db",
+        "drift": {"interval_seconds": 60, "report": False},
+    }
+    deep_update(config, changes)
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path, data[features].head(20).to_dict("records")
+
+
+def labels_in_table(database_url: str) -> dict[str, str | None]:
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            t = predictions_table.c
+            return {r.request_id: r.label for r in conn.execute(select(t.request_id, t.label))}
+    finally:
+        engine.dispose()
+
+
+def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.25) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout}s")
+        time.sleep(interval)
+
+
+def names_field(resp: httpx.Response, *loc: Any) -> bool:
+    """Whether the 422 names the field at ``loc`` (a union type adds the member it tried after it)."""
+    return any(item["loc"][:len(loc)] == list(loc) for item in resp.json()["detail"])
+
+
+def nothing_listens() -> str:
+    """A PostgreSQL URL on a loopback port where no server listens: connections are refused at once."""
+    return f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/absent"
+
+
+@pytest.fixture(scope="module")
+def private_pg() -> Iterator[PrivatePostgres]:
+    """A private PostgreSQL server for this module; fails (not skips) in CI when initdb/pg_ctl are missing."""
+    try:
+        pg = PrivatePostgres()
+    except PostgresUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"these tests need a private PostgreSQL server: {exc}")
+        pytest.skip(str(exc))
+    try:
+        pg.init().start()
+        yield pg
+    finally:
+        pg.destroy()
+
+
+@pytest.fixture
+def pg(private_pg: PrivatePostgres) -> PrivatePostgres:
+    """The module's server, running (a test that failed mid-outage may have left it stopped)."""
+    if not private_pg.running:
+        private_pg.start()
+    return private_pg
+
+
+# -- regression labels ------------------------------------------------------------------------------------------
+def test_regression_label_must_be_a_finite_number(tmp_path: Path) -> None:
+    config, rows = regression_config(tmp_path)
+    with live_server(config) as server, httpx.Client(base_url=server.url, timeout=10) as http:
+        ids = [p["request_id"] for p in http.post("/predict/batch", json={"records": rows[:3]}).json()["predictions"]]
+        for bad in ("NaN", "Infinity", "-Infinity", '"2.5"', "true", "false", "null", '"high"', "[1.5]"):
+            # Python's json (the server's parser) reads NaN and Infinity, so send the body as raw text.
+            one = http.post("/feedback", content=f'{{"request_id": "{ids[0]}", "label": {bad}}}',
+                            headers={"content-type": "application/json"})
+            assert one.status_code == 422, (bad, one.text)
+            assert names_field(one, "body", "label"), (bad, one.text)
+            batch = http.post(
+                "/feedback/batch",
+                content=f'{{"labels": [{{"request_id": "{ids[1]}", "label": 1.5}}, '
+                        f'{{"request_id": "{ids[2]}", "label": {bad}}}]}}',
+                headers={"content-type": "application/json"},
+            )
+            assert batch.status_code == 422, (bad, batch.text)
+            assert names_field(batch, "body", "labels", 1, "label"), (bad, batch.text)
+        assert sample(server.metrics(), "model_feedback_total") == 0
+
+        assert http.post("/feedback", json={"request_id": ids[0], "label": 3}).status_code == 202
+        fb = http.post("/feedback/batch", json={"labels": [{"request_id": ids[1], "label": 2.5},
+                                                           {"request_id": ids[2], "label": -7.25}]})
+        assert fb.status_code == 202, fb.text
+        metrics = server.wait_for(lambda m: m if sample(m, "model_prediction_log_queue_rows") == 0
+                                  and sample(m, "model_feedback_total") == 3 else None, timeout=20)
+        assert sample(metrics, "model_prediction_log_dropped_total") == 0
+    stored = labels_in_table(f"sqlite:///{tmp_path / 'log.db'}")
+    assert {rid: stored[rid] for rid in ids} == {ids[0]: "3.0", ids[1]: "2.5", ids[2]: "-7.25"}
+
+
+def test_classification_label_refuses_nan_and_infinity(demo_dir: Path, tmp_path: Path) -> None:
+    config = config_folder(demo_dir, tmp_path, drift={"interval_seconds": 60, "report": False})
+    records, _ = Traffic("none", seed=3).records(2)
+    with live_server(config) as server, httpx.Client(base_url=server.url, timeout=10) as http:
+        ids = [p["request_id"] for p in http.post("/predict/batch", json={"records": records}).json()["predictions"]]
+        for bad in ("NaN", "Infinity", "-Infinity"):
+            one = http.post("/feedback", content=f'{{"request_id": "{ids[0]}", "label": {bad}}}',
+                            headers={"content-type": "application/json"})
+            assert one.status_code == 422 and names_field(one, "body", "label"), (bad, one.text)
+            batch = http.post("/feedback/batch", content=f'{{"labels": [{{"request_id": "{ids[1]}", "label": {bad}}}]}}',
+                              headers={"content-type": "application/json"})
+            assert batch.status_code == 422 and names_field(batch, "body", "labels", 0, "label"), (bad, batch.text)
+        assert sample(server.metrics(), "model_feedback_total") == 0
