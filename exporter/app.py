@@ -29,6 +29,7 @@ from exporter.service import PredictionError, Service
 log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
+RETRY_AFTER_SECONDS = 5  # told to /feedback clients when the database is down or the queue full (the writer's backoff)
 
 
 def _json_safe(value: Any) -> Any:
@@ -137,7 +138,8 @@ def create_app(settings: Settings, *, start_scheduler: bool = True) -> FastAPI:
         if unknown:
             raise HTTPException(404, f"unknown request_id(s): {', '.join(unknown[:20])}")
         if not service.add_feedback([(f.request_id, f.label) for f in items], current):
-            raise HTTPException(503, "prediction log queue is full; retry later")
+            raise HTTPException(503, "prediction log queue is full; retry later",
+                                headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
         return FeedbackAccepted(accepted=len(items))
 
     @app.post("/feedback", status_code=202, response_model=FeedbackAccepted, tags=["feedback"], dependencies=private)

@@ -219,6 +219,9 @@ class PredictionLog:
         self._queue: queue.Queue[PredictionRow | LabelUpdate] = queue.Queue(maxsize=queue_size)
         self._pending_ids: dict[str, Any] = {}  # request_id -> label queued for it (or _NO_LABEL), until written
         self._lock = threading.Lock()
+        # Held by every producer around its puts: a label batch checks the free room and queues under it, so it is
+        # queued whole or not at all (only the writer takes items off, which only frees room).
+        self._put_lock = threading.Lock()
         self._pending = 0  # rows taken off the queue but not yet committed
         self.written = 0
         self.dropped = 0
@@ -233,15 +236,16 @@ class PredictionLog:
     def enqueue(self, rows: list[PredictionRow]) -> int:
         """Queue rows for writing without ever blocking; returns how many were dropped because the queue was full."""
         dropped = 0
-        for row in rows:
-            with self._lock:
-                self._pending_ids[row.request_id] = _NO_LABEL
-            try:
-                self._queue.put_nowait(row)
-            except queue.Full:
-                dropped += 1
+        with self._put_lock:
+            for row in rows:
                 with self._lock:
-                    self._pending_ids.pop(row.request_id, None)
+                    self._pending_ids[row.request_id] = _NO_LABEL
+                try:
+                    self._queue.put_nowait(row)
+                except queue.Full:
+                    dropped += 1
+                    with self._lock:
+                        self._pending_ids.pop(row.request_id, None)
         if dropped:
             with self._lock:
                 self.dropped += dropped
@@ -257,17 +261,17 @@ class PredictionLog:
         return True, None if label is _NO_LABEL else label
 
     def enqueue_labels(self, updates: list[LabelUpdate]) -> bool:
-        """Queue label updates (ordered after the predictions they label); False when the queue is full."""
-        for update in updates:
-            with self._lock:
-                if update.request_id in self._pending_ids:
-                    self._pending_ids[update.request_id] = update.label
-            try:
-                self._queue.put_nowait(update)
-            except queue.Full:
-                with self._lock:
-                    self.labels_dropped += 1
+        """Queue label updates (ordered after the predictions they label), all of them or, when they do not all fit
+        in the queue, none (False: the caller answers 503 and nothing of the batch is queued)."""
+        with self._put_lock:
+            if self._queue.maxsize > 0 and self._queue.maxsize - self._queue.qsize() < len(updates):
                 return False
+            with self._lock:
+                for update in updates:
+                    if update.request_id in self._pending_ids:
+                        self._pending_ids[update.request_id] = update.label
+            for update in updates:
+                self._queue.put_nowait(update)  # cannot be full: room was checked under the producers' lock
         return True
 
     @property

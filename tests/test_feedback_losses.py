@@ -153,3 +153,32 @@ def test_classification_label_refuses_nan_and_infinity(demo_dir: Path, tmp_path:
                               headers={"content-type": "application/json"})
             assert batch.status_code == 422 and names_field(batch, "body", "labels", 0, "label"), (bad, batch.text)
         assert sample(server.metrics(), "model_feedback_total") == 0
+
+
+# -- a feedback batch is queued entirely or not at all ----------------------------------------------------------
+def test_feedback_batch_that_does_not_fit_is_refused_whole(pg: PrivatePostgres, demo_dir: Path, tmp_path: Path) -> None:
+    database_url = pg.create_database()
+    # Room for 10 items: the queue, plus the one item the writer holds while it retries (batch_size 1).
+    config = config_folder(demo_dir, tmp_path, database_url=database_url,
+                           drift={"interval_seconds": 60, "report": False},
+                           prediction_log={"queue_size": 10, "batch_size": 1})
+    records, _ = Traffic("none", seed=6).records(8)
+    with live_server(config) as server, httpx.Client(base_url=server.url, timeout=15) as http:
+        pg.stop("fast")
+        ids = [p["request_id"] for p in http.post("/predict/batch", json={"records": records}).json()["predictions"]]
+        assert len(ids) == 8
+        # 8 predictions buffered leave 2 or 3 free places (3 once the writer holds one): 4 labels cannot fit.
+        refused = http.post("/feedback/batch", json={"labels": [{"request_id": i, "label": "Adelie"} for i in ids[:4]]})
+        assert refused.status_code == 503 and int(refused.headers["retry-after"]) > 0, refused.text
+        metrics = server.metrics()
+        assert sample(metrics, "model_prediction_log_queue_rows") == 8, "a refused batch must queue nothing"
+        assert sample(metrics, "model_feedback_total") == 0
+        accepted = http.post("/feedback/batch", json={"labels": [{"request_id": i, "label": "Gentoo"} for i in ids[4:6]]})
+        assert accepted.status_code == 202, accepted.text
+        pg.start()
+        metrics = server.wait_for(lambda m: m if sample(m, "model_prediction_log_queue_rows") == 0
+                                  and sample(m, "model_prediction_log_written_total") == 8 else None, timeout=30)
+        assert sample(metrics, "model_feedback_total") == 2
+        assert sample(metrics, "model_prediction_log_dropped_total") == 0
+    stored = labels_in_table(database_url)
+    assert stored == {**{i: None for i in ids}, ids[4]: '"Gentoo"', ids[5]: '"Gentoo"'}
