@@ -10,6 +10,7 @@ comes up.
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ from sklearn.preprocessing import StandardScaler
 from sqlalchemy import create_engine, select
 
 from exporter.demo import Traffic
-from exporter.predictions import predictions_table
+from exporter.predictions import LabelUpdate, PredictionLog, PredictionRow, PredictionStore, predictions_table
 from tests.helpers import config_folder, deep_update, free_port, live_server, sample
 from tests.pg_private import PostgresUnavailable, PrivatePostgres
 
@@ -135,7 +136,7 @@ def test_regression_label_must_be_a_finite_number(tmp_path: Path) -> None:
         assert fb.status_code == 202, fb.text
         metrics = server.wait_for(lambda m: m if sample(m, "model_prediction_log_queue_rows") == 0
                                   and sample(m, "model_feedback_total") == 3 else None, timeout=20)
-        assert sample(metrics, "model_prediction_log_dropped_total") == 0
+        assert sample(metrics, "model_feedback_dropped_total") == 0
     stored = labels_in_table(f"sqlite:///{tmp_path / 'log.db'}")
     assert {rid: stored[rid] for rid in ids} == {ids[0]: "3.0", ids[1]: "2.5", ids[2]: "-7.25"}
 
@@ -153,6 +154,70 @@ def test_classification_label_refuses_nan_and_infinity(demo_dir: Path, tmp_path:
                               headers={"content-type": "application/json"})
             assert batch.status_code == 422 and names_field(batch, "body", "labels", 0, "label"), (bad, batch.text)
         assert sample(server.metrics(), "model_feedback_total") == 0
+
+
+# -- accepted labels that cannot be stored are counted ----------------------------------------------------------
+def test_labels_accepted_but_not_stored_are_exported_as_dropped(tmp_path: Path) -> None:
+    # Batches of exactly three items and no timed flush: which items share an INSERT/UPDATE is fixed by the test.
+    config, rows = regression_config(tmp_path, prediction_log={"batch_size": 3, "flush_interval_seconds": 60})
+    poison = {**rows[1], "age": 0.0123456789}
+    with live_server(config) as server, httpx.Client(base_url=server.url, timeout=10) as http:
+        # The database refuses one prediction row and one label value (real triggers on the real file).
+        with sqlite3.connect(tmp_path / "log.db") as db:
+            db.execute("CREATE TRIGGER refuse_row BEFORE INSERT ON predictions "
+                       "WHEN NEW.features LIKE '%0.0123456789%' BEGIN SELECT RAISE(ABORT, 'row refused'); END")
+            db.execute("CREATE TRIGGER refuse_label BEFORE UPDATE OF label ON predictions "
+                       "WHEN NEW.label = '666.0' BEGIN SELECT RAISE(ABORT, 'label refused'); END")
+        good = http.post("/predict", json=rows[0]).json()["request_id"]
+        refused = http.post("/predict", json=poison).json()["request_id"]
+        # Accepted while its prediction is still queued; the prediction is then refused, so the label is lost.
+        assert http.post("/feedback", json={"request_id": refused, "label": 10.0}).status_code == 202
+        server.wait_for(lambda m: sample(m, "model_prediction_log_dropped_total") == 1, timeout=20)
+
+        assert http.post("/feedback", json={"request_id": good, "label": 666}).status_code == 202  # refused
+        assert http.post("/feedback", json={"request_id": good, "label": 100}).status_code == 202
+        http.post("/predict", json=rows[2])  # the third item of the batch
+        metrics = server.wait_for(lambda m: m if sample(m, "model_prediction_log_queue_rows") == 0
+                                  and sample(m, "model_prediction_log_written_total") == 2 else None, timeout=20)
+        assert sample(metrics, "model_feedback_total") == 3
+        assert sample(metrics, "model_feedback_dropped_total") == 2
+        assert sample(metrics, "model_prediction_log_dropped_total") == 1
+        exposition = httpx.get(f"{server.url}/metrics", timeout=10).text
+        assert "# TYPE model_feedback_dropped_total counter" in exposition
+    stored = labels_in_table(f"sqlite:///{tmp_path / 'log.db'}")
+    assert refused not in stored and stored[good] == "100.0"
+    assert "label row refused by the database" in server.log()
+
+
+def test_left_over_rows_and_labels_at_shutdown_are_counted_apart(tmp_path: Path) -> None:
+    store = PredictionStore(f"sqlite:///{tmp_path / 'log.db'}")
+    log = PredictionLog(store, queue_size=10)  # writer not started: everything is still queued at stop()
+    rows = [PredictionRow(f"id{i}", time.time(), "1", {"a": 1.0}, "A", None) for i in range(3)]
+    assert log.enqueue(rows) == 0
+    assert log.enqueue_labels([LabelUpdate("id0", "B", time.time()), LabelUpdate("id1", "A", time.time())])
+    assert not log.enqueue_labels([LabelUpdate(f"id{i % 3}", "B", time.time()) for i in range(6)])  # 5 free places
+    assert log.queued == 5
+    log.stop(timeout=1.0)
+    assert (log.written, log.dropped, log.labels_dropped) == (0, 3, 2)
+
+
+def test_labels_still_queued_when_the_shutdown_flush_times_out_are_logged_as_labels(
+    demo_dir: Path, tmp_path: Path
+) -> None:
+    config = config_folder(demo_dir, tmp_path, database_url=nothing_listens(),
+                           drift={"interval_seconds": 60, "report": False},
+                           prediction_log={"shutdown_timeout_seconds": 1})
+    records, truth = Traffic("none", seed=4).records(3)
+    with live_server(config) as server, httpx.Client(base_url=server.url, timeout=10) as http:
+        answers = http.post("/predict/batch", json={"records": records}).json()["predictions"]
+        labels = [{"request_id": a["request_id"], "label": y} for a, y in zip(answers[:2], truth[:2], strict=True)]
+        assert http.post("/feedback/batch", json={"labels": labels}).status_code == 202  # the predictions are queued
+        metrics = server.metrics()
+        assert sample(metrics, "model_prediction_log_queue_rows") == 5
+        assert sample(metrics, "model_feedback_total") == 2
+        assert sample(metrics, "model_feedback_dropped_total") == 0
+    assert server.proc is not None and server.proc.returncode in (0, -15), server.log()[-3000:]
+    assert "3 prediction rows and 2 labels could not be written before shutdown" in server.log(), server.log()[-3000:]
 
 
 # -- a feedback batch is queued entirely or not at all ----------------------------------------------------------
@@ -173,12 +238,13 @@ def test_feedback_batch_that_does_not_fit_is_refused_whole(pg: PrivatePostgres, 
         metrics = server.metrics()
         assert sample(metrics, "model_prediction_log_queue_rows") == 8, "a refused batch must queue nothing"
         assert sample(metrics, "model_feedback_total") == 0
+        assert sample(metrics, "model_feedback_dropped_total") == 0, "the client was told to retry: nothing was lost"
         accepted = http.post("/feedback/batch", json={"labels": [{"request_id": i, "label": "Gentoo"} for i in ids[4:6]]})
         assert accepted.status_code == 202, accepted.text
         pg.start()
         metrics = server.wait_for(lambda m: m if sample(m, "model_prediction_log_queue_rows") == 0
                                   and sample(m, "model_prediction_log_written_total") == 8 else None, timeout=30)
         assert sample(metrics, "model_feedback_total") == 2
-        assert sample(metrics, "model_prediction_log_dropped_total") == 0
+        assert sample(metrics, "model_feedback_dropped_total") == 0
     stored = labels_in_table(database_url)
     assert stored == {**{i: None for i in ids}, ids[4]: '"Gentoo"', ids[5]: '"Gentoo"'}
