@@ -24,7 +24,7 @@ from exporter.report import placeholder_page
 from exporter.scheduler import DriftScheduler
 from exporter.schema import BatchPredictionResponse, Label, Number, PredictionResponse, batch_model, record_model
 from exporter.security import BearerToken, BodySizeLimit, protected
-from exporter.service import PredictionError, Service
+from exporter.service import DatabaseUnavailable, PredictionError, Service
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,10 @@ def create_app(settings: Settings, *, start_scheduler: bool = True) -> FastAPI:
             wrong = [f.label for f in items if str(f.label) not in classes]
             if wrong:
                 raise HTTPException(422, f"label(s) {wrong[:5]} not among the model's classes {sorted(classes)}")
-        unknown, current = service.unknown_request_ids([f.request_id for f in items])
+        try:
+            unknown, current = service.unknown_request_ids([f.request_id for f in items])
+        except DatabaseUnavailable as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from exc
         if unknown:
             raise HTTPException(404, f"unknown request_id(s): {', '.join(unknown[:20])}")
         if not service.add_feedback([(f.request_id, f.label) for f in items], current):

@@ -248,3 +248,51 @@ def test_feedback_batch_that_does_not_fit_is_refused_whole(pg: PrivatePostgres, 
         assert sample(metrics, "model_feedback_dropped_total") == 0
     stored = labels_in_table(database_url)
     assert stored == {**{i: None for i in ids}, ids[4]: '"Gentoo"', ids[5]: '"Gentoo"'}
+
+
+# -- /feedback while the database is down -----------------------------------------------------------------------
+def test_feedback_while_the_database_is_down_answers_503(pg: PrivatePostgres, demo_dir: Path, tmp_path: Path) -> None:
+    database_url = pg.create_database()
+    config = config_folder(demo_dir, tmp_path, database_url=database_url, drift={"interval_seconds": 60, "report": False})
+    traffic = Traffic("none", seed=2)
+    with live_server(config) as server, httpx.Client(base_url=server.url, timeout=15) as http:
+        records, truth = traffic.records(3)
+        ids = [p["request_id"] for p in http.post("/predict/batch", json={"records": records}).json()["predictions"]]
+        server.wait_for(lambda m: sample(m, "model_prediction_log_written_total") == 3, timeout=20)
+        one = {"request_id": ids[0], "label": truth[0]}
+        batch = {"labels": [{"request_id": i, "label": y} for i, y in zip(ids[1:], truth[1:], strict=True)]}
+
+        pg.stop("fast")
+        predicted_during = 0
+        for _ in range(3):
+            for path, body in (("/feedback", one), ("/feedback/batch", batch)):
+                resp = http.post(path, json=body)
+                assert resp.status_code == 503, (path, resp.status_code, resp.text)
+                assert int(resp.headers["retry-after"]) > 0
+                assert "database" in resp.json()["detail"]
+            resp = http.post("/predict", json=traffic.records(1)[0][0])
+            assert resp.status_code == 200, resp.text
+            predicted_during += 1
+        metrics = server.metrics()
+        assert sample(metrics, "model_feedback_total") == 0
+        assert sample(metrics, "model_prediction_log_queue_rows") == predicted_during, "no label may be queued"
+
+        pg.start()
+        first = wait_until(lambda: (r := http.post("/feedback", json=one)).status_code == 202 and r, 20,
+                           "/feedback accepted again")
+        assert first.json() == {"accepted": 1}
+        again = http.post("/feedback/batch", json=batch)
+        assert again.status_code == 202, again.text
+        assert http.post("/predict", json=traffic.records(1)[0][0]).status_code == 200
+        metrics = server.wait_for(lambda m: m if sample(m, "model_prediction_log_queue_rows") == 0
+                                  and sample(m, "model_prediction_log_written_total") == 3 + predicted_during + 1
+                                  else None, timeout=30)
+        assert sample(metrics, "model_feedback_total") == 3
+        assert sample(metrics, "model_feedback_dropped_total") == 0
+        assert sample(metrics, "model_prediction_log_dropped_total") == 0
+    stored = labels_in_table(database_url)
+    assert {i: stored[i] for i in ids} == {i: f'"{y}"' for i, y in zip(ids, truth, strict=True)}
+    log = server.log()
+    assert log.count("request_id lookup failed") == 1, log[-3000:]
+    serving = log.split("Shutting down")[0]
+    assert "Traceback" not in serving, serving[-3000:]
