@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -248,6 +250,57 @@ def test_feedback_batch_that_does_not_fit_is_refused_whole(pg: PrivatePostgres, 
         assert sample(metrics, "model_feedback_dropped_total") == 0
     stored = labels_in_table(database_url)
     assert stored == {**{i: None for i in ids}, ids[4]: '"Gentoo"', ids[5]: '"Gentoo"'}
+
+
+# -- model.version and PostgreSQL's column lengths --------------------------------------------------------------
+def test_model_version_of_64_characters_is_stored_on_postgres(postgres_url: str, demo_dir: Path, tmp_path: Path) -> None:
+    version = "2024-06-01-" + "x" * 53
+    assert len(version) == 64
+    config = config_folder(demo_dir, tmp_path, database_url=postgres_url, model={"version": version},
+                           drift={"interval_seconds": 60, "report": False})
+    records, _ = Traffic("none", seed=8).records(2)
+    with live_server(config) as server, httpx.Client(base_url=server.url, timeout=10) as http:
+        answers = http.post("/predict/batch", json={"records": records}).json()["predictions"]
+        assert [a["model_version"] for a in answers] == [version, version]
+        metrics = server.wait_for(lambda m: m if sample(m, "model_prediction_log_written_total") == 2 else None,
+                                  timeout=20)
+        assert sample(metrics, "model_prediction_log_dropped_total") == 0
+        assert [dict(labels)["version"] for name, labels in metrics if name == "model_info"] == [version]
+        # The longest request_id /feedback allows is longer than the column: an unknown id, not a database error.
+        assert http.post("/feedback", json={"request_id": "a" * 64, "label": "Adelie"}).status_code == 404
+    engine = create_engine(postgres_url)
+    try:
+        with engine.connect() as conn:
+            t = predictions_table.c
+            stored = dict(conn.execute(select(t.request_id, t.model_version)).all())
+    finally:
+        engine.dispose()
+    assert stored == {a["request_id"]: version for a in answers}
+
+
+@pytest.mark.parametrize("via", ["file", "environment"])
+def test_model_version_over_64_characters_is_refused_at_start(via: str, demo_dir: Path, tmp_path: Path) -> None:
+    version = "v" * 65
+    if via == "file":
+        config, env = config_folder(demo_dir, tmp_path, model={"version": version}), {}
+    else:
+        config, env = config_folder(demo_dir, tmp_path), {"EXPORTER_MODEL__VERSION": version}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporter.cli", "serve", "--config", str(config), "--host", "127.0.0.1",
+         "--port", str(free_port())],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env}, cwd=tmp_path,
+    )
+    try:
+        out, err = proc.communicate(timeout=40)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate(timeout=10)
+        pytest.fail(f"`exporter serve` started with a {len(version)}-character model.version:\n{err[-2000:]}")
+    assert proc.returncode == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("exporter: error:"), err
+    assert "model.version" in lines[0] and "64" in lines[0], lines[0]
+    assert "Traceback" not in err + out
 
 
 # -- /feedback while the database is down -----------------------------------------------------------------------
