@@ -23,13 +23,14 @@ from exporter.features import category_text
 from exporter.metrics import DriftExposition, build_registry
 from exporter.report import placeholder_page
 from exporter.scheduler import DriftScheduler
-from exporter.schema import BatchPredictionResponse, Label, PredictionResponse, batch_model
+from exporter.schema import BatchPredictionResponse, Label, Number, PredictionResponse, batch_model
 from exporter.security import BearerToken, BodySizeLimit, protected
-from exporter.service import PredictionError, Service
+from exporter.service import DatabaseUnavailable, PredictionError, Service
 
 log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
+RETRY_AFTER_SECONDS = 5  # told to /feedback clients when the database is down or the queue full (the writer's backoff)
 
 
 def _json_safe(value: Any) -> Any:
@@ -109,7 +110,7 @@ def create_app(settings: Settings, *, start_scheduler: bool = True) -> FastAPI:
 
     Record = service.record_model
     Batch = batch_model(Record, settings.max_batch_records)
-    label_type: Any = float if settings.model.task == "regression" else Label
+    label_type: Any = Number if settings.model.task == "regression" else Label  # strict and finite, as features
     Feedback = create_model(
         "Feedback",
         __config__=ConfigDict(extra="forbid"),
@@ -141,11 +142,15 @@ def create_app(settings: Settings, *, start_scheduler: bool = True) -> FastAPI:
             wrong = [f.label for f in items if category_text(f.label) not in classes]
             if wrong:
                 raise HTTPException(422, f"label(s) {wrong[:5]} not among the model's classes {sorted(classes)}")
-        unknown, current = service.unknown_request_ids([f.request_id for f in items])
+        try:
+            unknown, current = service.unknown_request_ids([f.request_id for f in items])
+        except DatabaseUnavailable as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from exc
         if unknown:
             raise HTTPException(404, f"unknown request_id(s): {', '.join(unknown[:20])}")
         if not service.add_feedback([(f.request_id, f.label) for f in items], current):
-            raise HTTPException(503, "prediction log queue is full; retry later")
+            raise HTTPException(503, "prediction log queue is full; retry later",
+                                headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
         return FeedbackAccepted(accepted=len(items))
 
     @app.post("/feedback", status_code=202, response_model=FeedbackAccepted, tags=["feedback"], dependencies=private)

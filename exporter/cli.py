@@ -14,6 +14,8 @@ from typing import Any
 from exporter import __version__
 
 CONFIG_ENV = "EXPORTER_CONFIG"
+# How long uvicorn waits for requests in flight after SIGTERM; the prediction log's flush comes after it.
+GRACEFUL_SHUTDOWN_SECONDS = 30
 
 
 def _resolve_config(config: str | None) -> Path:
@@ -55,7 +57,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     logging.getLogger("exporter").info("serving %s with config %s", settings.model.name, path)
     if args.workers == 1:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=30)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
     else:
         logging.getLogger("exporter").warning(
             "--workers %d: each worker runs its own drift job and counters, and a scrape reaches one of them; "
@@ -64,7 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ[CONFIG_ENV] = str(path.resolve())
         uvicorn.run(
             "exporter.cli:app_factory", factory=True, host=args.host, port=args.port, workers=args.workers,
-            log_level=args.log_level, timeout_graceful_shutdown=30,
+            log_level=args.log_level, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         )
     return 0
 

@@ -27,7 +27,8 @@ class _Section(BaseModel):
 class ModelSection(_Section):
     path: Path
     name: str = "model"
-    version: str = "1"
+    # At most 64 characters: the length of the predictions table's model_version column (PostgreSQL enforces it).
+    version: str = Field(default="1", max_length=64)
     task: Literal["classification", "regression"] = "classification"
 
 

@@ -57,6 +57,12 @@ class ExporterCollector(Collector):
         yield _gauge("model_prediction_log_queue_rows", "Prediction rows waiting to be written.", plog.queued)
         yield CounterMetricFamily("model_feedback", "Labels received.", value=s.feedback_total)
         yield CounterMetricFamily(
+            "model_feedback_dropped",
+            "Labels accepted but not stored (refused by the database, their prediction row lost, or not written "
+            "before shutdown).",
+            value=plog.labels_dropped,
+        )
+        yield CounterMetricFamily(
             "model_feedback_replaced", "Labels that replaced a different earlier label.", value=s.feedback_replaced
         )
 

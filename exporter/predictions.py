@@ -148,7 +148,8 @@ class PredictionStore:
         present = self.labels_of([r["request_id"] for r in rows])
         return [r for r in rows if r["request_id"] not in present]
 
-    def set_labels(self, updates: list[LabelUpdate]) -> None:
+    def set_labels(self, updates: list[LabelUpdate]) -> int:
+        """Write the labels; returns how many found their prediction row."""
         t = predictions_table
         statement = (
             t.update()
@@ -156,7 +157,10 @@ class PredictionStore:
             .values(label=bindparam("lbl"), labelled_at=bindparam("at"))
         )
         with self.engine.begin() as conn:
-            conn.execute(statement, [{"rid": u.request_id, "lbl": _json(u.label), "at": u.labelled_at} for u in updates])
+            result = conn.execute(
+                statement, [{"rid": u.request_id, "lbl": _json(u.label), "at": u.labelled_at} for u in updates]
+            )
+        return int(result.rowcount)
 
     def labels_of(self, request_ids: list[str]) -> dict[str, Any]:
         """The logged predictions among ``request_ids``, each with its label (None when unlabelled); one query."""
@@ -235,7 +239,11 @@ class PredictionLog:
         self._queue: queue.Queue[PredictionRow | LabelUpdate] = queue.Queue(maxsize=queue_size)
         self._pending_ids: dict[str, Any] = {}  # request_id -> label queued for it (or _NO_LABEL), until written
         self._lock = threading.Lock()
+        # Held by every producer around its puts: a label batch checks the free room and queues under it, so it is
+        # queued whole or not at all (only the writer takes items off, which only frees room).
+        self._put_lock = threading.Lock()
         self._pending = 0  # rows taken off the queue but not yet committed
+        self._labels_queued = 0  # label updates queued or in the writer's hands, not yet written or dropped
         self.written = 0
         self.dropped = 0
         self.write_errors = 0
@@ -249,15 +257,16 @@ class PredictionLog:
     def enqueue(self, rows: list[PredictionRow]) -> int:
         """Queue rows for writing without ever blocking; returns how many were dropped because the queue was full."""
         dropped = 0
-        for row in rows:
-            with self._lock:
-                self._pending_ids[row.request_id] = _NO_LABEL
-            try:
-                self._queue.put_nowait(row)
-            except queue.Full:
-                dropped += 1
+        with self._put_lock:
+            for row in rows:
                 with self._lock:
-                    self._pending_ids.pop(row.request_id, None)
+                    self._pending_ids[row.request_id] = _NO_LABEL
+                try:
+                    self._queue.put_nowait(row)
+                except queue.Full:
+                    dropped += 1
+                    with self._lock:
+                        self._pending_ids.pop(row.request_id, None)
         if dropped:
             with self._lock:
                 self.dropped += dropped
@@ -273,17 +282,18 @@ class PredictionLog:
         return True, None if label is _NO_LABEL else label
 
     def enqueue_labels(self, updates: list[LabelUpdate]) -> bool:
-        """Queue label updates (ordered after the predictions they label); False when the queue is full."""
-        for update in updates:
-            with self._lock:
-                if update.request_id in self._pending_ids:
-                    self._pending_ids[update.request_id] = update.label
-            try:
-                self._queue.put_nowait(update)
-            except queue.Full:
-                with self._lock:
-                    self.labels_dropped += 1
+        """Queue label updates (ordered after the predictions they label), all of them or, when they do not all fit
+        in the queue, none (False: the caller answers 503 and nothing of the batch is queued)."""
+        with self._put_lock:
+            if self._queue.maxsize > 0 and self._queue.maxsize - self._queue.qsize() < len(updates):
                 return False
+            with self._lock:
+                for update in updates:
+                    if update.request_id in self._pending_ids:
+                        self._pending_ids[update.request_id] = update.label
+                self._labels_queued += len(updates)
+            for update in updates:
+                self._queue.put_nowait(update)  # cannot be full: room was checked under the producers' lock
         return True
 
     @property
@@ -302,11 +312,16 @@ class PredictionLog:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 log.error("prediction log writer did not finish within %.0fs", timeout)
-        left = self.queued
-        if left:
-            with self._lock:
-                self.dropped += left
-            log.error("prediction log: %d rows could not be written before shutdown", left)
+        with self._lock:
+            labels_left = self._labels_queued
+            rows_left = self._queue.qsize() + self._pending - labels_left
+            self.dropped += rows_left
+            self.labels_dropped += labels_left
+        if rows_left or labels_left:
+            log.error(
+                "prediction log: %d prediction rows and %d labels could not be written before shutdown",
+                rows_left, labels_left,
+            )
 
     def _take_batch(self) -> list[PredictionRow | LabelUpdate]:
         batch: list[PredictionRow | LabelUpdate] = []
@@ -345,11 +360,22 @@ class PredictionLog:
                 lost += 1
                 log.error("prediction log: row %s cannot be stored: %s", r.request_id, exc)
         lost += self._persist(rows, self._insert, "prediction")
-        labels_lost = self._persist(labels, self.store.set_labels, "label") if labels else 0
+        unmatched = 0
+
+        def set_labels(updates: list[LabelUpdate]) -> None:
+            # A label whose prediction row never reached the table (refused or dropped) updates nothing: it is lost.
+            nonlocal unmatched
+            unmatched += len(updates) - self.store.set_labels(updates)
+
+        labels_lost = self._persist(labels, set_labels, "label") if labels else 0
+        if unmatched:
+            log.error("prediction log: %d labels dropped: their prediction row is not in the table", unmatched)
+        labels_lost += unmatched
         with self._lock:
             self.written += len(predictions) - lost
             self.dropped += lost
             self.labels_dropped += labels_lost
+            self._labels_queued -= len(labels)
             self._pending -= len(batch)
             for r in predictions:
                 self._pending_ids.pop(r.request_id, None)

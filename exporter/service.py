@@ -43,6 +43,10 @@ class StartupError(Exception):
     """A problem that prevents the service from starting, with a message naming the file and the problem."""
 
 
+class DatabaseUnavailable(Exception):
+    """The database could not answer a request's query; the client should retry later."""
+
+
 @dataclass
 class JobStats:
     runs: int = 0
@@ -172,6 +176,7 @@ class Service:
         self.feedback_total = 0
         self.feedback_replaced = 0
         self._counter_lock = threading.Lock()
+        self._lookup_failing = False  # logs a failing request_id lookup once per outage, not once per request
         self.job_stats = JobStats()
         self.drift_result: DriftResult | None = None
         self.quality_result: QualityResult | None = None
@@ -267,7 +272,20 @@ class Service:
             else:
                 not_queued.append(rid)
         if not_queued:
-            current.update(self.store.labels_of(not_queued))  # one query for the whole batch
+            try:
+                current.update(self.store.labels_of(not_queued))  # one query for the whole batch
+            except SQLAlchemyError as exc:
+                with self._counter_lock:
+                    first, self._lookup_failing = not self._lookup_failing, True
+                if first:
+                    log.error("feedback: request_id lookup failed, answering 503 until the database is back: %s",
+                              str(exc).splitlines()[0])
+                raise DatabaseUnavailable("database unavailable: request_ids cannot be looked up; retry later") from exc
+            if self._lookup_failing:
+                with self._counter_lock:
+                    recovered, self._lookup_failing = self._lookup_failing, False
+                if recovered:
+                    log.warning("feedback: request_id lookup works again")
         unknown = [rid for rid in request_ids if rid not in current]
         return unknown, current
 

@@ -180,3 +180,39 @@ def test_dockerignore_keeps_the_build_context_small() -> None:
     lines = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()]
     assert "*" in lines
     assert {"!pyproject.toml", "!README.md", "!exporter/"} <= set(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stopping the app
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _compose_seconds(duration: str) -> float:
+    """A compose duration such as 90s, 1m30s or 1h."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001, "us": 1e-6}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|us|m|s)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, f"not a compose duration: {duration!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def test_app_stop_grace_period_outlasts_a_graceful_shutdown() -> None:
+    """docker compose stop sends SIGTERM, then SIGKILL after the grace period (Docker's default: 10 s). Shutdown
+    waits for requests in flight (uvicorn), then flushes the prediction log: both must fit, or rows are lost."""
+    from exporter.cli import GRACEFUL_SHUTDOWN_SECONDS
+    from exporter.config import PredictionLogSection
+
+    flush = PredictionLogSection.model_fields["shutdown_timeout_seconds"].default
+    drift_worker = 6  # stopping the drift job's worker process: a 1 s join, then a kill and a 5 s join
+    grace = _compose_seconds(str(SERVICES["app"]["stop_grace_period"]))
+    assert grace > GRACEFUL_SHUTDOWN_SECONDS + flush + drift_worker, grace
+
+
+def test_dockerfile_stop_signal_reaches_uvicorn() -> None:
+    instructions = _dockerfile_instructions()
+    # Exec form: `exporter serve` is PID 1 and receives the stop signal itself (no shell in between).
+    cmd = [args for instruction, args in instructions if instruction == "CMD"][-1]
+    assert cmd.startswith("[") and cmd.endswith("]"), cmd
+    assert not [args for instruction, args in instructions if instruction == "ENTRYPOINT"]
+    # uvicorn shuts down gracefully on SIGTERM (Docker's default) and SIGINT.
+    signals = [args for instruction, args in instructions if instruction == "STOPSIGNAL"]
+    assert all(s in ("SIGTERM", "SIGINT", "15", "2") for s in signals), signals
