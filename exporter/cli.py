@@ -42,18 +42,22 @@ def _fail(message: str) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from exporter.app import create_app
     from exporter.config import ConfigError, load_settings
-    from exporter.service import StartupError
 
     path = _resolve_config(args.config)
     try:
-        settings = load_settings(path)
+        settings = load_settings(path)  # before the app's imports (Evidently's take seconds): a typo fails at once
+    except ConfigError as exc:
+        return _fail(str(exc))
+    import uvicorn
+
+    from exporter.app import create_app
+    from exporter.service import StartupError
+
+    try:
         if args.workers == 1:
             app = create_app(settings)
-    except (ConfigError, StartupError) as exc:
+    except StartupError as exc:
         return _fail(str(exc))
     logging.getLogger("exporter").info("serving %s with config %s", settings.model.name, path)
     if args.workers == 1:

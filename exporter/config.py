@@ -159,6 +159,12 @@ class Settings(BaseSettings):
             raise ValueError(f"drift.per_feature names unknown features: {', '.join(unknown)}")
         if self.target in names:
             raise ValueError(f"target {self.target!r} is also listed as a feature")
+        if self.max_batch_records > self.prediction_log.queue_size:
+            # a batch is queued whole or refused: one larger than the queue would be refused every time
+            raise ValueError(
+                f"max_batch_records ({self.max_batch_records}) is larger than prediction_log.queue_size "
+                f"({self.prediction_log.queue_size})"
+            )
         return self
 
     @classmethod

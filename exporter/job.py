@@ -195,17 +195,21 @@ class WorkerRunner:
         return payload  # type: ignore[no-any-return]
 
     def _kill(self) -> None:
-        if self._proc is not None and self._proc.is_alive():
-            self._proc.kill()
-            self._proc.join(5)
-        if self._conn is not None:
-            self._conn.close()
-        self._conn = None
+        # Shutdown (the main thread) and a run in progress (the scheduler's thread) may both get here: each takes
+        # the connection once, and closing one that the other closed is no error.
+        proc, conn, self._conn = self._proc, self._conn, None
+        if proc is not None and proc.is_alive():
+            proc.kill()
+            proc.join(5)
+        if conn is not None:
+            with contextlib.suppress(OSError):
+                conn.close()
 
     def close(self) -> None:
         """Stop the worker; a run in progress is abandoned (its caller gets a JobError)."""
-        if self._conn is not None and self._proc is not None and self._proc.is_alive():
-            with contextlib.suppress(OSError):
-                self._conn.send("stop")
-                self._proc.join(1)
+        conn, proc = self._conn, self._proc
+        if conn is not None and proc is not None and proc.is_alive():
+            with contextlib.suppress(OSError, ValueError):
+                conn.send("stop")
+                proc.join(1)
         self._kill()

@@ -213,10 +213,14 @@ class Service:
         self.prediction_log.start()
 
     def stop(self) -> None:
-        if self._runner is not None:
-            self._runner.close()
-        self.prediction_log.stop(self.settings.prediction_log.shutdown_timeout_seconds)
-        self.store.dispose()
+        try:
+            if self._runner is not None:
+                self._runner.close()
+        except Exception:  # whatever stopping the drift job does, the prediction log is flushed
+            log.exception("stopping the drift job failed")
+        finally:
+            self.prediction_log.stop(self.settings.prediction_log.shutdown_timeout_seconds)
+            self.store.dispose()
 
     # -- predictions -------------------------------------------------------------------------------------------
     def predict(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:

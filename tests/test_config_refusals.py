@@ -81,6 +81,8 @@ def serve_refused(config: Path, env: dict[str, str] | None = None, *, prefix: li
                      id="numerical-method-on-class-predictions"),
         pytest.param({"drift": {"window_size": 50, "min_rows": 100}}, {},
                      ["drift.min_rows", "drift.window_size", "100", "50"], id="min-rows-over-window"),
+        pytest.param({"max_batch_records": 500, "prediction_log": {"queue_size": 100}}, {},
+                     ["max_batch_records", "prediction_log.queue_size", "500", "100"], id="batch-over-queue"),
         pytest.param({}, {"EXPORTER_AUTH__TOKEN": ""},
                      ["auth.token is empty: unset it to turn authentication off, or set a token"], id="empty-token-env"),
         pytest.param({"auth": {"token": "  "}}, {},
