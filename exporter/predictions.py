@@ -7,12 +7,14 @@ a short outage costs nothing but memory. :meth:`PredictionLog.stop` drains the q
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -69,9 +71,8 @@ def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            from pathlib import Path
-
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):  # PredictionStore.check_writable reports what is wrong
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
@@ -116,12 +117,34 @@ class LabelUpdate:
 _NO_LABEL = object()
 
 
+class StoreNotWritable(Exception):
+    """An SQLite database that cannot be created or written: waiting will not help."""
+
+
 class PredictionStore:
     """Reads and writes of the predictions table."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
+
+    def check_writable(self) -> None:
+        """For SQLite, create the file and table and write to it now: a file that cannot be written will not get
+        better by waiting, unlike a database server that is down (its rows are buffered until it is up)."""
+        parsed = make_url(self.url)
+        if parsed.get_backend_name() != "sqlite":
+            return
+        try:
+            Path(str(parsed.database)).parent.mkdir(parents=True, exist_ok=True)
+            self.create_schema()
+            with self.engine.begin() as conn:  # a write that changes nothing; fails on a read-only file
+                conn.execute(predictions_table.delete().where(predictions_table.c.id == -1))
+        except (OSError, sa_exc.SQLAlchemyError) as exc:
+            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            raise StoreNotWritable(
+                f"cannot write the SQLite database {parsed.database} ({reason}): set database_url "
+                "(or EXPORTER_DATABASE_URL) to a writable location"
+            ) from exc
 
     def create_schema(self) -> None:
         metadata.create_all(self.engine)

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from exporter.config import Settings
@@ -26,7 +25,7 @@ from exporter.features import FeatureTypeError, FeatureTypes, read_reference
 from exporter.guard import RequestPathError, check_request_path
 from exporter.job import InProcessRunner, JobError, JobSpec, JobTimeout, WorkerRunner
 from exporter.model import Model, Predictions
-from exporter.predictions import LabelUpdate, PredictionLog, PredictionRow, PredictionStore, predictions_table
+from exporter.predictions import LabelUpdate, PredictionLog, PredictionRow, PredictionStore, StoreNotWritable
 from exporter.quality import QualityResult, quality
 from exporter.report import CachedReport
 from exporter.schema import record_model
@@ -97,29 +96,6 @@ def check_methods(settings: Settings) -> None:
             raise StartupError(f"drift.prediction.method: {exc} (the predictions of a {task} model)") from None
 
 
-def open_store(url: str) -> PredictionStore:
-    """The prediction store. An SQLite file is created and written to here: one that cannot be will not get better
-    by waiting, unlike a database server that is down (its rows are buffered until it is up)."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return PredictionStore(url)
-    store = None
-    try:
-        store = PredictionStore(url)
-        store.create_schema()
-        with store.engine.begin() as conn:  # a write that changes nothing; fails on a read-only file
-            conn.execute(predictions_table.delete().where(predictions_table.c.id == -1))
-    except (OSError, SQLAlchemyError) as exc:
-        if store is not None:
-            store.dispose()
-        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        raise StartupError(
-            f"database_url: cannot write the SQLite database {parsed.database} ({reason}): set database_url "
-            "(or EXPORTER_DATABASE_URL) to a writable location"
-        ) from exc
-    return store
-
-
 class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -166,7 +142,12 @@ class Service:
             ).metrics
 
         check_methods(settings)
-        self.store = open_store(settings.resolved_database_url)
+        self.store = PredictionStore(settings.resolved_database_url)
+        try:
+            self.store.check_writable()
+        except StoreNotWritable as exc:
+            self.store.dispose()
+            raise StartupError(f"database_url: {exc}") from exc
         plog = settings.prediction_log
         self.prediction_log = PredictionLog(
             self.store, queue_size=plog.queue_size, batch_size=plog.batch_size, flush_interval=plog.flush_interval_seconds

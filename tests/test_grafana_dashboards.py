@@ -62,6 +62,7 @@ EXPORTED_METRICS: dict[str, str] = {
     "model_quality_window_rows": "gauge",
     "model_feedback_total": "counter",
     "model_feedback_dropped_total": "counter",
+    "model_prediction_errors_total": "counter",
     # prometheus_client ProcessCollector
     "process_start_time_seconds": "gauge",
     "process_resident_memory_bytes": "gauge",

@@ -56,6 +56,7 @@ EXPORTED_METRICS = {
     "model_quality_window_rows",
     "model_feedback_total",
     "model_feedback_dropped_total",
+    "model_prediction_errors_total",
 }
 OTHER_METRICS = {  # not model_*: scrape health, ProcessCollector, prometheus-fastapi-instrumentator
     "up",
