@@ -100,6 +100,7 @@ class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         features = settings.features
+        check_methods(settings)
         ref_path = settings.resolve(settings.reference.path)
         frame = read_table(ref_path, dict(features.category_types))
         missing = [c for c in features.all if c not in frame.columns]
@@ -119,7 +120,6 @@ class Service:
             checked = check_request_path(self.model, self.record_model, frame)
         except RequestPathError as exc:
             raise StartupError(f"{ref_path}: {exc}") from exc
-        log.info("request path checked: %d reference rows get the model's own answers through /predict", checked)
         prediction_type = NUMERICAL if settings.model.task == "regression" else CATEGORICAL
         ref_predictions, ref_probas = self._reference_predictions(frame, ref_path)
         try:
@@ -141,7 +141,6 @@ class Service:
                 self.model.classes,
             ).metrics
 
-        check_methods(settings)
         self.store = PredictionStore(settings.resolved_database_url)
         try:
             self.store.check_writable()
@@ -167,6 +166,8 @@ class Service:
         }
         self.prediction_override = MethodOverride(settings.drift.prediction.method, settings.drift.prediction.threshold)
         self._runner: InProcessRunner | WorkerRunner | None = None
+        # Said once everything else has held, so that a refused start prints its one error line only.
+        log.info("request path checked: %d reference rows get the model's own answers through /predict", checked)
 
     def _reference_predictions(
         self, frame: pd.DataFrame, ref_path: Path
