@@ -312,6 +312,7 @@ def test_full_buffer_during_outage_drops_and_counts(pg: PrivatePostgres, demo_di
     config = config_folder(
         demo_dir, tmp_path, database_url=database_url,
         drift={"interval_seconds": 1}, prediction_log={"queue_size": queue_size, "batch_size": batch_size},
+        max_batch_records=batch,
     )
     tally = Tally()
     traffic = Traffic("none", seed=5)

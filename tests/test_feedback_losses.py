@@ -228,7 +228,7 @@ def test_feedback_batch_that_does_not_fit_is_refused_whole(pg: PrivatePostgres, 
     # Room for 10 items: the queue, plus the one item the writer holds while it retries (batch_size 1).
     config = config_folder(demo_dir, tmp_path, database_url=database_url,
                            drift={"interval_seconds": 60, "report": False},
-                           prediction_log={"queue_size": 10, "batch_size": 1})
+                           prediction_log={"queue_size": 10, "batch_size": 1}, max_batch_records=10)
     records, _ = Traffic("none", seed=6).records(8)
     with live_server(config) as server, httpx.Client(base_url=server.url, timeout=15) as http:
         pg.stop("fast")
