@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.pg_private import PostgresUnavailable, PrivatePostgres
+
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
@@ -45,3 +47,28 @@ def postgres_url() -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def private_pg() -> Iterator[PrivatePostgres]:
+    """A private PostgreSQL server per test module, which its tests may stop and start; fails (not skips) in CI
+    when initdb/pg_ctl are missing."""
+    try:
+        pg = PrivatePostgres()
+    except PostgresUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"these tests need a private PostgreSQL server: {exc}")
+        pytest.skip(str(exc))
+    try:
+        pg.init().start()
+        yield pg
+    finally:
+        pg.destroy()
+
+
+@pytest.fixture
+def pg(private_pg: PrivatePostgres) -> PrivatePostgres:
+    """The module's server, running (a test that failed mid-outage may have left it stopped)."""
+    if not private_pg.running:
+        private_pg.start()
+    return private_pg

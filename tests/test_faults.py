@@ -12,12 +12,10 @@ Everything runs on 127.0.0.1, bounded in count and time. The PostgreSQL outage s
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ from sqlalchemy import create_engine, select
 from exporter.demo import Traffic
 from exporter.predictions import predictions_table
 from tests.helpers import LiveServer, config_folder, sample
-from tests.pg_private import PostgresUnavailable, PrivatePostgres
+from tests.pg_private import PrivatePostgres
 
 GRACEFUL_TIMEOUT = 30.0  # uvicorn's timeout_graceful_shutdown in `exporter serve`
 OUTAGE_SECONDS = 30.0  # the issue's "about 30 s" database outage
@@ -180,30 +178,6 @@ def test_sigterm_under_load_loses_no_answered_prediction(demo_dir: Path, tmp_pat
 
 
 # -- 2. PostgreSQL outage (private server) ----------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def private_pg() -> Iterator[PrivatePostgres]:
-    """A private PostgreSQL server for this module; fails (not skips) in CI when initdb/pg_ctl are missing."""
-    try:
-        pg = PrivatePostgres()
-    except PostgresUnavailable as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"fault tests need a private PostgreSQL server: {exc}")
-        pytest.skip(str(exc))
-    try:
-        pg.init().start()
-        yield pg
-    finally:
-        pg.destroy()
-
-
-@pytest.fixture
-def pg(private_pg: PrivatePostgres) -> PrivatePostgres:
-    """The module's server, running (a previous test that failed mid-outage may have left it stopped)."""
-    if not private_pg.running:
-        private_pg.start()
-    return private_pg
-
-
 class SteadyLoad(threading.Thread):
     """Bounded steady traffic: every ``period`` s one /predict, every ``batch_every``-th tick also a batch."""
 

@@ -14,7 +14,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from sqlalchemy import create_engine, select
 from exporter.demo import Traffic
 from exporter.predictions import LabelUpdate, PredictionLog, PredictionRow, PredictionStore, predictions_table
 from tests.helpers import config_folder, deep_update, free_port, live_server, sample
-from tests.pg_private import PostgresUnavailable, PrivatePostgres
+from tests.pg_private import PrivatePostgres
 
 
 # -- helpers ----------------------------------------------------------------------------------------------------
@@ -85,30 +84,6 @@ def names_field(resp: httpx.Response, *loc: Any) -> bool:
 def nothing_listens() -> str:
     """A PostgreSQL URL on a loopback port where no server listens: connections are refused at once."""
     return f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/absent"
-
-
-@pytest.fixture(scope="module")
-def private_pg() -> Iterator[PrivatePostgres]:
-    """A private PostgreSQL server for this module; fails (not skips) in CI when initdb/pg_ctl are missing."""
-    try:
-        pg = PrivatePostgres()
-    except PostgresUnavailable as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"these tests need a private PostgreSQL server: {exc}")
-        pytest.skip(str(exc))
-    try:
-        pg.init().start()
-        yield pg
-    finally:
-        pg.destroy()
-
-
-@pytest.fixture
-def pg(private_pg: PrivatePostgres) -> PrivatePostgres:
-    """The module's server, running (a test that failed mid-outage may have left it stopped)."""
-    if not private_pg.running:
-        private_pg.start()
-    return private_pg
 
 
 # -- regression labels ------------------------------------------------------------------------------------------
