@@ -8,8 +8,6 @@ import time
 from dataclasses import dataclass
 
 import pandas as pd
-from evidently import DataDefinition, Dataset, Report
-from evidently.presets import DataDriftPreset
 
 from exporter.drift import MethodOverride, Reference, normalise
 
@@ -27,6 +25,9 @@ def build_report(
     drift_share: float,
     per_feature: dict[str, MethodOverride],
 ) -> CachedReport:
+    from evidently import DataDefinition, Dataset, Report  # seconds to import: only the drift job needs it
+    from evidently.presets import DataDriftPreset
+
     definition = DataDefinition(numerical_columns=reference.numerical, categorical_columns=reference.categorical)
     current = normalise(window, reference.numerical, reference.categorical)
     methods = {k: v.method for k, v in per_feature.items() if v.method}

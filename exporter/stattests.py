@@ -10,14 +10,15 @@ check it to 1e-12). Any other test, and any configured method, runs through Evid
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from evidently.legacy.calculations import stattests as ev
-from evidently.legacy.calculations.stattests import get_stattest, registry
-from evidently.legacy.core import ColumnType
+
+if TYPE_CHECKING:
+    from evidently.legacy.core import ColumnType
 from scipy.spatial import distance
 
 NUMERICAL = "numerical"
@@ -34,7 +35,18 @@ class TestResult:
     detected: bool
 
 
+@functools.cache
+def evidently_stattests() -> Any:
+    """Evidently's stat-test module, imported on first use: importing Evidently takes seconds, which the API process
+    does not need to pay (the drift job's worker process pays it once, before it reports ready)."""
+    from evidently.legacy.calculations import stattests
+
+    return stattests
+
+
 def column_type(kind: str) -> ColumnType:
+    from evidently.legacy.core import ColumnType
+
     return ColumnType.Numerical if kind == NUMERICAL else ColumnType.Categorical
 
 
@@ -42,6 +54,7 @@ def check_method(method: str, kind: str) -> None:
     """Raise ValueError, listing the valid names, unless Evidently has a stat test ``method`` for columns of type
     ``kind``: ``get_stattest`` would raise the same at every run."""
     try:
+        registry = evidently_stattests().registry
         registry.get_registered_stattest(method, column_type(kind))
     except ValueError:
         valid = sorted(name for name, by_type in registry._registered_stat_tests.items() if column_type(kind) in by_type)
@@ -95,8 +108,9 @@ class ColumnStats:
             return self.unique_count
         return len(self.unique | set(current.unique()))
 
-    def default_test(self, current: pd.Series) -> ev.StatTest:
+    def default_test(self, current: pd.Series) -> Any:
         """The test Evidently's DataDriftPreset picks for this column (``_get_default_stattest``)."""
+        ev = evidently_stattests()
         if self.rows <= SMALL_REFERENCE_ROWS:
             if self.kind == NUMERICAL:
                 n_values = self.distinct_with(current, 5)
@@ -112,6 +126,7 @@ class ColumnStats:
 def run_test(ref: ColumnStats, current: pd.Series, method: str | None = None,
              threshold: float | None = None) -> TestResult:
     """Drift of ``current`` (missing values dropped) against the reference column."""
+    ev = evidently_stattests()
     if method is None:
         test = ref.default_test(current)
         limit = test.default_threshold if threshold is None else threshold
@@ -122,7 +137,7 @@ def run_test(ref: ColumnStats, current: pd.Series, method: str | None = None,
             score = _jensenshannon_categories(ref, current)
             return TestResult(test.name, test.display_name, score, limit, score >= limit)
     else:
-        test = get_stattest(ref.values, current, column_type(ref.kind), method)
+        test = ev.get_stattest(ref.values, current, column_type(ref.kind), method)
     result = test(ref.values, current, column_type(ref.kind), threshold)
     return TestResult(test.name, test.display_name, float(result.drift_score), float(result.actual_threshold),
                       bool(result.drifted))
