@@ -20,6 +20,9 @@ run: $(STAMP)
 system-deps:
 	@scripts/system-deps.sh
 
+# Two processes (pytest-xdist), each test file on one of them in order: most tests wait on servers and sleep.
+PYTEST_ARGS ?= -n 2 --dist loadfile
+
 test: $(STAMP) system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 

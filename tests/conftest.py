@@ -72,3 +72,8 @@ def pg(private_pg: PrivatePostgres) -> PrivatePostgres:
     if not private_pg.running:
         private_pg.start()
     return private_pg
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``long`` first: with -n 2 their minutes overlap the rest of the suite instead of trailing it."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("long") else 1)

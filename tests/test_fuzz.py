@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import config_folder, live_server, sample
 
 
+@pytest.mark.long
 def test_schemathesis_finds_no_server_error(demo_dir: Path, tmp_path: Path) -> None:
     config = config_folder(demo_dir, tmp_path, auth={"token": "fuzz-token"}, drift={"interval_seconds": 2})
     st = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or shutil.which("schemathesis")
