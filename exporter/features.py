@@ -47,6 +47,11 @@ def category_text(value: Any) -> str:
     return str(value)
 
 
+def _integral(numbers: np.ndarray) -> bool:
+    """Whole numbers that int64 holds exactly (integer codes, possibly read as float)."""
+    return bool(np.all(np.isfinite(numbers)) and np.all(np.mod(numbers, 1) == 0) and np.all(np.abs(numbers) < 2**53))
+
+
 def category_texts(col: pd.Series) -> pd.Series:
     """:func:`category_text` over a column, missing values kept missing (None); vectorised where the dtype allows."""
     present = col.notna()
@@ -57,7 +62,8 @@ def category_texts(col: pd.Series) -> pd.Series:
     kind = pd.api.types.infer_dtype(values, skipna=True)
     if kind == "string":
         return out
-    if pd.api.types.is_integer_dtype(values.dtype) or pd.api.types.is_float_dtype(values.dtype) and np.all(np.mod(values.to_numpy(dtype=float), 1) == 0):
+    whole_floats = pd.api.types.is_float_dtype(values.dtype) and _integral(values.to_numpy(dtype=float))
+    if pd.api.types.is_integer_dtype(values.dtype) or whole_floats:
         out[present] = values.astype("int64").astype(str)
     else:
         out[present] = values.map(category_text)
@@ -82,8 +88,7 @@ def infer_category_type(name: str, col: pd.Series) -> str:
     if kind == "integer":
         return INTEGER
     if kind in ("floating", "mixed-integer-float"):
-        numbers = values.astype(float)
-        if np.all(np.isfinite(numbers)) and np.all(np.mod(numbers, 1) == 0):
+        if _integral(values.to_numpy(dtype=float)):
             return INTEGER
         raise FeatureTypeError(
             f"categorical feature {name!r} holds non-integer numbers (such as {values.iloc[0]!r}): "
