@@ -20,8 +20,9 @@ run: $(STAMP)
 system-deps:
 	@scripts/system-deps.sh
 
-# Two processes (pytest-xdist), each test file on one of them in order: most tests wait on servers and sleep.
-PYTEST_ARGS ?= -n 2 --dist loadfile
+# Two processes (pytest-xdist), each test file on one of them in order, files in collection order (the long fuzz
+# test first, see tests/conftest.py): most tests wait on servers and sleep.
+PYTEST_ARGS ?= -n 2 --dist loadfile --no-loadscope-reorder
 
 test: $(STAMP) system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
