@@ -136,3 +136,15 @@ def live_server(config: Path, env: dict[str, str] | None = None, workers: int = 
         yield server
     finally:
         server.stop()
+
+
+def wait_until(predicate: Any, timeout: float, interval: float = 0.25, what: str = "condition") -> Any:
+    """Poll ``predicate()`` until it is truthy (returning its value), failing after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout}s")
+        time.sleep(interval)

@@ -26,7 +26,7 @@ from sqlalchemy import create_engine, select
 
 from exporter.demo import Traffic
 from exporter.predictions import predictions_table
-from tests.helpers import LiveServer, config_folder, sample
+from tests.helpers import LiveServer, config_folder, sample, wait_until
 from tests.pg_private import PrivatePostgres
 
 GRACEFUL_TIMEOUT = 30.0  # uvicorn's timeout_graceful_shutdown in `exporter serve`
@@ -41,17 +41,6 @@ def table_request_ids(database_url: str) -> list[str]:
             return list(conn.execute(select(predictions_table.c.request_id)).scalars())
     finally:
         engine.dispose()
-
-
-def wait_until(predicate: Any, timeout: float, interval: float = 0.25, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s")
-        time.sleep(interval)
 
 
 @dataclass

@@ -29,7 +29,7 @@ from sqlalchemy import create_engine, select
 
 from exporter.demo import Traffic
 from exporter.predictions import LabelUpdate, PredictionLog, PredictionRow, PredictionStore, predictions_table
-from tests.helpers import config_folder, deep_update, free_port, live_server, sample
+from tests.helpers import config_folder, deep_update, free_port, live_server, sample, wait_until
 from tests.pg_private import PrivatePostgres
 
 
@@ -63,17 +63,6 @@ def labels_in_table(database_url: str) -> dict[str, str | None]:
             return {r.request_id: r.label for r in conn.execute(select(t.request_id, t.label))}
     finally:
         engine.dispose()
-
-
-def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s")
-        time.sleep(interval)
 
 
 def names_field(resp: httpx.Response, *loc: Any) -> bool:
@@ -307,7 +296,7 @@ def test_feedback_while_the_database_is_down_answers_503(pg: PrivatePostgres, de
 
         pg.start()
         first = wait_until(lambda: (r := http.post("/feedback", json=one)).status_code == 202 and r, 20,
-                           "/feedback accepted again")
+                           what="/feedback accepted again")
         assert first.json() == {"accepted": 1}
         again = http.post("/feedback/batch", json=batch)
         assert again.status_code == 202, again.text
