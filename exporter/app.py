@@ -21,11 +21,12 @@ from exporter import __version__
 from exporter.config import Settings
 from exporter.features import category_text
 from exporter.metrics import DriftExposition, build_registry
+from exporter.predictions import DatabaseUnavailable
 from exporter.report import placeholder_page
 from exporter.scheduler import DriftScheduler
 from exporter.schema import BatchPredictionResponse, Label, Number, PredictionResponse, batch_model
 from exporter.security import BearerToken, BodySizeLimit, protected
-from exporter.service import DatabaseUnavailable, PredictionError, Service
+from exporter.service import PredictionError, Service
 
 log = logging.getLogger(__name__)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,14 @@ def _plain(value: Any) -> Any:
 class Predictions:
     values: list[Any]
     probabilities: list[dict[str, float]] | None
+
+    @property
+    def finite(self) -> bool:
+        """No NaN or infinity among the numeric predictions and probabilities."""
+        numbers = [v for v in self.values if isinstance(v, float)]
+        if self.probabilities is not None:
+            numbers += [p for row in self.probabilities for p in row.values()]
+        return all(math.isfinite(v) for v in numbers)
 
 
 class Model:

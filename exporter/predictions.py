@@ -117,6 +117,10 @@ class LabelUpdate:
 _NO_LABEL = object()
 
 
+class DatabaseUnavailable(Exception):
+    """The database could not answer a request's query; the client should retry later."""
+
+
 class StoreNotWritable(Exception):
     """An SQLite database that cannot be created or written: waiting will not help."""
 
@@ -266,6 +270,7 @@ class PredictionLog:
         # queued whole or not at all (only the writer takes items off, which only frees room).
         self._put_lock = threading.Lock()
         self._pending = 0  # rows taken off the queue but not yet committed
+        self._lookup_failing = False  # logs a failing request_id lookup once per outage, not once per request
         self._labels_queued = 0  # label updates queued or in the writer's hands, not yet written or dropped
         self.written = 0
         self.dropped = 0
@@ -303,6 +308,35 @@ class PredictionLog:
                 return False, None
             label = self._pending_ids[request_id]
         return True, None if label is _NO_LABEL else label
+
+    def labels_known(self, request_ids: list[str]) -> tuple[list[str], dict[str, Any]]:
+        """Ids that match no logged prediction (queued or written), and the current label of those that do.
+        Raises DatabaseUnavailable when the table cannot be read; logged once per outage."""
+        current: dict[str, Any] = {}
+        not_queued: list[str] = []
+        for rid in request_ids:
+            queued, label = self.pending_label(rid)
+            if queued:
+                current[rid] = label
+            else:
+                not_queued.append(rid)
+        if not_queued:
+            try:
+                current.update(self.store.labels_of(not_queued))  # one query for the whole batch
+            except sa_exc.SQLAlchemyError as exc:
+                with self._lock:
+                    first, self._lookup_failing = not self._lookup_failing, True
+                if first:
+                    log.error("feedback: request_id lookup failed, answering 503 until the database is back: %s",
+                              str(exc).splitlines()[0])
+                raise DatabaseUnavailable("database unavailable: request_ids cannot be looked up; retry later") from exc
+            if self._lookup_failing:
+                with self._lock:
+                    recovered, self._lookup_failing = self._lookup_failing, False
+                if recovered:
+                    log.warning("feedback: request_id lookup works again")
+        unknown = [rid for rid in request_ids if rid not in current]
+        return unknown, current
 
     def enqueue_labels(self, updates: list[LabelUpdate]) -> bool:
         """Queue label updates (ordered after the predictions they label), all of them or, when they do not all fit

@@ -8,7 +8,6 @@ immutable objects, so readers (the metrics collector, /drift) always see one run
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 import uuid
@@ -17,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sqlalchemy.exc import SQLAlchemyError
 
 from exporter.config import Settings
 from exporter.drift import CATEGORICAL, NUMERICAL, DriftResult, MethodOverride, Reference
@@ -25,7 +23,13 @@ from exporter.features import FeatureTypeError, FeatureTypes, read_reference
 from exporter.guard import RequestPathError, check_request_path
 from exporter.job import InProcessRunner, JobError, JobSpec, JobTimeout, WorkerRunner
 from exporter.model import Model, Predictions
-from exporter.predictions import LabelUpdate, PredictionLog, PredictionRow, PredictionStore, StoreNotWritable
+from exporter.predictions import (
+    LabelUpdate,
+    PredictionLog,
+    PredictionRow,
+    PredictionStore,
+    StoreNotWritable,
+)
 from exporter.quality import QualityResult, quality
 from exporter.report import CachedReport
 from exporter.schema import record_model
@@ -42,10 +46,6 @@ class StartupError(Exception):
     """A problem that prevents the service from starting, with a message naming the file and the problem."""
 
 
-class DatabaseUnavailable(Exception):
-    """The database could not answer a request's query; the client should retry later."""
-
-
 @dataclass
 class JobStats:
     runs: int = 0
@@ -56,13 +56,6 @@ class JobStats:
     report_failures: int = 0
     timeouts: int = 0
     last_report_duration: float = 0.0
-
-
-def _finite(result: Predictions) -> bool:
-    numbers = [v for v in result.values if isinstance(v, float)]
-    if result.probabilities is not None:
-        numbers += [p for row in result.probabilities for p in row.values()]
-    return all(math.isfinite(v) for v in numbers)
 
 
 def read_table(path: Path, category_types: dict[str, str]) -> pd.DataFrame:
@@ -156,7 +149,6 @@ class Service:
         self.feedback_total = 0
         self.feedback_replaced = 0
         self._counter_lock = threading.Lock()
-        self._lookup_failing = False  # logs a failing request_id lookup once per outage, not once per request
         self.job_stats = JobStats()
         self.drift_result: DriftResult | None = None
         self.quality_result: QualityResult | None = None
@@ -213,7 +205,7 @@ class Service:
             log.warning("the model refused a valid request: %s: %s", type(exc).__name__, _one_line(exc))
             # The model's own message names its internals; the client gets a plain sentence, the log the details.
             raise PredictionError("the model cannot predict on this input (the service log has the details)") from exc
-        if not _finite(result):
+        if not result.finite:
             self._count_error()
             raise PredictionError("the model gave a non-finite output for this input")
         now = time.time()
@@ -249,31 +241,7 @@ class Service:
     # -- feedback ----------------------------------------------------------------------------------------------
     def unknown_request_ids(self, request_ids: list[str]) -> tuple[list[str], dict[str, Any]]:
         """Ids that match no logged prediction, and the current label of those that do."""
-        current: dict[str, Any] = {}
-        not_queued: list[str] = []
-        for rid in request_ids:
-            queued, label = self.prediction_log.pending_label(rid)
-            if queued:
-                current[rid] = label
-            else:
-                not_queued.append(rid)
-        if not_queued:
-            try:
-                current.update(self.store.labels_of(not_queued))  # one query for the whole batch
-            except SQLAlchemyError as exc:
-                with self._counter_lock:
-                    first, self._lookup_failing = not self._lookup_failing, True
-                if first:
-                    log.error("feedback: request_id lookup failed, answering 503 until the database is back: %s",
-                              str(exc).splitlines()[0])
-                raise DatabaseUnavailable("database unavailable: request_ids cannot be looked up; retry later") from exc
-            if self._lookup_failing:
-                with self._counter_lock:
-                    recovered, self._lookup_failing = self._lookup_failing, False
-                if recovered:
-                    log.warning("feedback: request_id lookup works again")
-        unknown = [rid for rid in request_ids if rid not in current]
-        return unknown, current
+        return self.prediction_log.labels_known(request_ids)
 
     def add_feedback(self, items: list[tuple[str, Any]], current: dict[str, Any]) -> bool:
         now = time.time()
