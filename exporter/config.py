@@ -81,6 +81,15 @@ class DriftSection(_Section):
     min_rows: int = Field(default=100, ge=1)
     interval_seconds: float = Field(default=60.0, gt=0)
     drift_share: float = Field(default=0.5, gt=0, le=1)
+    thresholds: Literal["calibrated", "evidently"] = Field(
+        default="calibrated",
+        description="calibrated: each feature's threshold set from its score's no-drift distribution for the "
+        "reference and window sizes; evidently: the preset's fixed thresholds.",
+    )
+    false_alerts_per_month: float = Field(
+        default=0.01, gt=0, le=100,
+        description="Calibrated mode: expected false drift alerts per feature per month on stationary traffic, at most.",
+    )
     per_feature: dict[str, FeatureDriftSection] = Field(default_factory=dict)
     prediction: FeatureDriftSection = Field(default_factory=FeatureDriftSection)
     report: bool = Field(default=True, description="Build the Evidently HTML report served at /monitoring.")
