@@ -98,6 +98,13 @@ class DriftSection(_Section):
         default="process", description="Run the job in a worker process (default) or a thread of the service."
     )
 
+    @property
+    def alpha(self) -> float | None:
+        """Calibrated mode's per-run false-flag probability; None in evidently mode."""
+        from exporter.calibration import per_run_alpha
+
+        return per_run_alpha(self.false_alerts_per_month, self.interval_seconds) if self.thresholds == "calibrated" else None
+
     @model_validator(mode="after")
     def _check(self) -> DriftSection:
         if self.min_rows > self.window_size:

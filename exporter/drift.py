@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
+from exporter.calibration import CALIBRATED_TESTS, calibrated_threshold, unseen_limit
 from exporter.features import category_texts
-from exporter.stattests import CATEGORICAL, NUMERICAL, ColumnStats, run_test
+from exporter.stattests import CATEGORICAL, NUMERICAL, ColumnStats, TestResult, run_test, select_test
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,8 @@ def normalise(frame: pd.DataFrame, numerical: list[str], categorical: list[str])
 
 
 def feature_drift(
-    reference: Reference, window: pd.DataFrame, name: str, override: MethodOverride | None = None
+    reference: Reference, window: pd.DataFrame, name: str, override: MethodOverride | None = None,
+    alpha: float | None = None,
 ) -> FeatureDrift:
     kind = reference.feature_type(name)
     raw = window[name]  # normalise() gives every configured feature a column
@@ -189,15 +191,36 @@ def feature_drift(
 
     if present.empty:
         return made(error="no values in the window (all missing)")
-    override = override or MethodOverride()
     try:
-        r = run_test(reference.stats[name], present, override.method, override.threshold)
+        r = judge(reference.stats[name], present, override or MethodOverride(), alpha)
     except Exception as exc:  # one broken feature must not hide the others
         log.warning("drift: feature %s failed: %s", name, exc)
         return made(error=f"{type(exc).__name__}: {exc}")
     if not np.isfinite(r.score):
         return made(r.name, r.display, threshold=r.threshold, error=f"{r.display} gave a non-finite score")
     return made(r.name, r.display, r.score, r.threshold, r.detected)
+
+
+CATEGORY_TESTS = ("chisquare", "z", "jensenshannon")  # tests of value shares
+
+
+def judge(ref: ColumnStats, present: pd.Series, override: MethodOverride, alpha: float | None) -> TestResult:
+    """One column's test, score, threshold in force and verdict. ``alpha`` None: Evidently's thresholds; else the
+    threshold calibrated to that per-run false-flag probability (a configured threshold wins either way)."""
+    test = select_test(ref, present, override.method)
+    if alpha is None or override.threshold is not None or test.name not in CALIBRATED_TESTS:
+        return run_test(ref, present, override.method, override.threshold, test)
+    if test.name in CATEGORY_TESTS:
+        # values the reference never showed are judged by their share, not by the test (calibration.unseen_limit)
+        seen = present.isin(ref.unique)
+        if not seen.all():
+            unseen_drift = 1 - seen.mean() > unseen_limit(ref.rows, alpha)
+            if not seen.any():
+                r = run_test(ref, present, override.method, None, test)
+                return TestResult(r.name, r.display, r.score, r.threshold, unseen_drift)
+            r = judge(ref, present[seen], override, alpha)
+            return TestResult(r.name, r.display, r.score, r.threshold, r.detected or unseen_drift)
+    return run_test(ref, present, override.method, calibrated_threshold(ref, test.name, len(present), alpha), test)
 
 
 def compute_drift(
@@ -208,14 +231,17 @@ def compute_drift(
     drift_share: float = 0.5,
     per_feature: dict[str, MethodOverride] | None = None,
     prediction_override: MethodOverride | None = None,
+    alpha: float | None = None,
     now: float | None = None,
 ) -> DriftResult:
-    """Drift of every feature (and of the model's predictions) in ``window`` against ``reference``."""
+    """Drift of every feature (and of the model's predictions) in ``window`` against ``reference``. ``alpha``: the
+    per-run false-flag probability calibrated thresholds are set to (``calibration.per_run_alpha``); None for
+    Evidently's fixed thresholds."""
     # One BLAS thread: the vectors here are small, and on a busy machine a second OpenBLAS thread waking up for
     # each dot product costs more than the product (measured: 100k x 30 takes 0.6 s instead of 0.3 s).
     with threadpool_limits(1, user_api="blas"):
         return _compute_drift(reference, window, min_rows=min_rows, drift_share=drift_share, per_feature=per_feature,
-                              prediction_override=prediction_override, now=now)
+                              prediction_override=prediction_override, alpha=alpha, now=now)
 
 
 def _compute_drift(
@@ -226,6 +252,7 @@ def _compute_drift(
     drift_share: float,
     per_feature: dict[str, MethodOverride] | None,
     prediction_override: MethodOverride | None,
+    alpha: float | None,
     now: float | None,
 ) -> DriftResult:
     computed_at = time.time() if now is None else now
@@ -238,16 +265,15 @@ def _compute_drift(
     )
     per_feature = per_feature or {}
     features = {
-        name: feature_drift(reference, window, name, per_feature.get(name))
+        name: feature_drift(reference, window, name, per_feature.get(name), alpha)
         for name in reference.numerical + reference.categorical
     }
     prediction = None
     if reference.prediction_stats is not None and "prediction" in window:
         current = _clean(_typed(window["prediction"], reference.prediction_type))
         if not current.empty:
-            override = prediction_override or MethodOverride()
             try:
-                r = run_test(reference.prediction_stats, current, override.method, override.threshold)
+                r = judge(reference.prediction_stats, current, prediction_override or MethodOverride(), alpha)
                 if np.isfinite(r.score):
                     prediction = PredictionDrift(r.name, r.display, r.score, r.threshold, r.detected)
             except Exception as exc:

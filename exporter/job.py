@@ -51,6 +51,7 @@ class JobSpec:
     model_version: str | None = None  # the window holds this version's predictions only (None: every version)
     overrides: dict[str, MethodOverride] = field(default_factory=dict)
     prediction_override: MethodOverride = field(default_factory=MethodOverride)
+    alpha: float | None = None  # calibrated thresholds' per-run false-flag probability; None: Evidently's thresholds
 
 
 @dataclass
@@ -73,6 +74,7 @@ def run_job(spec: JobSpec, store: PredictionStore) -> JobOutput:
         drift_share=spec.drift_share,
         per_feature=spec.overrides,
         prediction_override=spec.prediction_override,
+        alpha=spec.alpha,
     )
     quality_result = None
     if spec.with_quality:

@@ -272,6 +272,7 @@ class Service:
             model_version=self.settings.model.version,
             overrides=self.overrides,
             prediction_override=self.prediction_override,
+            alpha=cfg.alpha,
         )
 
     @property

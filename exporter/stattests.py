@@ -75,6 +75,7 @@ class ColumnStats:
         self._std: float | None = None
         self._counts: dict[Any, int] | None = None
         self._unique: set[Any] | None = None
+        self.null_models: dict[tuple[str, int], Any] = {}  # calibration's no-drift models, by (test, window size)
 
     # computed on first use, then kept: most references need only some of these
     @property
@@ -123,12 +124,20 @@ class ColumnStats:
         return ev.jensenshannon_stat_test
 
 
-def run_test(ref: ColumnStats, current: pd.Series, method: str | None = None,
-             threshold: float | None = None) -> TestResult:
-    """Drift of ``current`` (missing values dropped) against the reference column."""
-    ev = evidently_stattests()
+def select_test(ref: ColumnStats, current: pd.Series, method: str | None = None) -> Any:
+    """The stat test a run uses: the configured ``method``, else the one Evidently's preset would pick."""
     if method is None:
-        test = ref.default_test(current)
+        return ref.default_test(current)
+    return evidently_stattests().get_stattest(ref.values, current, column_type(ref.kind), method)
+
+
+def run_test(ref: ColumnStats, current: pd.Series, method: str | None = None,
+             threshold: float | None = None, test: Any = None) -> TestResult:
+    """Drift of ``current`` (missing values dropped) against the reference column; ``test`` when already chosen
+    by ``select_test``."""
+    ev = evidently_stattests()
+    test = test or select_test(ref, current, method)
+    if method is None:
         limit = test.default_threshold if threshold is None else threshold
         if test is ev.wasserstein_stat_test:
             score = _wasserstein_norm(ref, current)
@@ -136,8 +145,6 @@ def run_test(ref: ColumnStats, current: pd.Series, method: str | None = None,
         if test is ev.jensenshannon_stat_test:
             score = _jensenshannon_categories(ref, current)
             return TestResult(test.name, test.display_name, score, limit, score >= limit)
-    else:
-        test = ev.get_stattest(ref.values, current, column_type(ref.kind), method)
     result = test(ref.values, current, column_type(ref.kind), threshold)
     return TestResult(test.name, test.display_name, float(result.drift_score), float(result.actual_threshold),
                       bool(result.drifted))
