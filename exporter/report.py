@@ -5,11 +5,12 @@ from __future__ import annotations
 import gzip
 import html
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
-from exporter.drift import MethodOverride, Reference, normalise
+from exporter.drift import DriftResult, Reference, normalise
 
 
 @dataclass(frozen=True)
@@ -17,23 +18,35 @@ class CachedReport:
     gzipped: bytes
     built_at: float
     window_rows: int
+    columns: dict[str, ColumnVerdict] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ColumnVerdict:
+    """What the report shows for one column: its test, the threshold it was judged with, and its score."""
+
+    method: str
+    threshold: float
+    score: float
 
 
 def build_report(
     reference: Reference,
     window: pd.DataFrame,
-    drift_share: float,
-    per_feature: dict[str, MethodOverride],
+    result: DriftResult,
 ) -> CachedReport:
+    """The report of ``window``, judged with the stat test and threshold each feature had in ``result`` (calibrated
+    or configured), so that the page and the gauges give the same verdicts."""
     from evidently import DataDefinition, Dataset, Report  # seconds to import: only the drift job needs it
     from evidently.presets import DataDriftPreset
 
     definition = DataDefinition(numerical_columns=reference.numerical, categorical_columns=reference.categorical)
     current = normalise(window, reference.numerical, reference.categorical)
-    methods = {k: v.method for k, v in per_feature.items() if v.method}
-    thresholds = {k: v.threshold for k, v in per_feature.items() if v.threshold is not None}
+    judged = [f for f in result.features.values() if f.stat_test is not None and f.threshold is not None]
+    methods = {f.feature: f.stat_test for f in judged}
+    thresholds = {f.feature: f.threshold for f in judged}
     preset = DataDriftPreset(
-        drift_share=drift_share,
+        drift_share=result.drift_share_threshold,
         per_column_method=methods or None,
         per_column_threshold=thresholds or None,
     )
@@ -42,7 +55,18 @@ def build_report(
         reference_data=Dataset.from_pandas(reference.frame, data_definition=definition),
     )
     page = snapshot.get_html_str(as_iframe=False)
-    return CachedReport(gzip.compress(page.encode(), compresslevel=6), time.time(), len(window))
+    return CachedReport(gzip.compress(page.encode(), compresslevel=6), time.time(), len(window),
+                        column_verdicts(snapshot.dict()))
+
+
+def column_verdicts(snapshot: dict[str, Any]) -> dict[str, ColumnVerdict]:
+    """The per-column drift metrics of a report snapshot (``ValueDrift``: column, method, threshold, score)."""
+    out: dict[str, ColumnVerdict] = {}
+    for metric in snapshot.get("metrics", []):
+        config = metric.get("config", {})
+        if config.get("type", "").endswith(":ValueDrift") and isinstance(metric.get("value"), int | float):
+            out[config["column"]] = ColumnVerdict(config["method"], float(config["threshold"]), float(metric["value"]))
+    return out
 
 
 def placeholder_page(reason: str) -> str:
