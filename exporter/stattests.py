@@ -4,8 +4,8 @@
 spent on the reference again at every run (sorting it, counting its categories, counting distinct values across
 both samples to pick the test). Here those reference-side quantities are computed once per reference, and the
 tests Evidently picks by default for large references (normed Wasserstein distance, Jensen-Shannon distance) are
-computed from them with the same arithmetic, so the scores match Evidently's to floating-point rounding (tests
-check it to 1e-12). Any other test, and any configured method, runs through Evidently itself.
+and the two-proportion z test Evidently picks for two values, are computed from them with the same arithmetic, so
+the scores match Evidently's to floating-point rounding (tests check it to 1e-12). Any other test, and any configured method, runs through Evidently itself.
 """
 
 from __future__ import annotations
@@ -145,6 +145,9 @@ def run_test(ref: ColumnStats, current: pd.Series, method: str | None = None,
         if test is ev.jensenshannon_stat_test:
             score = _jensenshannon_categories(ref, current)
             return TestResult(test.name, test.display_name, score, limit, score >= limit)
+        if test is ev.z_stat_test:
+            score = _z_proportions(ref, current)
+            return TestResult(test.name, test.display_name, score, limit, score < limit)
     result = test(ref.values, current, column_type(ref.kind), threshold)
     return TestResult(test.name, test.display_name, float(result.drift_score), float(result.actual_threshold),
                       bool(result.drifted))
@@ -165,6 +168,23 @@ def _wasserstein_norm(ref: ColumnStats, current: pd.Series) -> float:
     # np.dot (BLAS) rather than scipy's np.vecdot: the same sum up to rounding (~1e-16), several times faster here
     distance_ = float(np.dot(np.abs(u_count / u.size - v_count / v.size), deltas))
     return distance_ / max(ref.std, 0.001)
+
+
+def _z_proportions(ref: ColumnStats, current: pd.Series) -> float:
+    """Evidently's two-proportion z test p-value (``_z_stat_test``) from counts instead of a per-row apply."""
+    current_counts = current.value_counts()
+    if ref.unique_count == 1 and len(current_counts) == 1 and current_counts.index[0] in ref.unique:
+        return 1.0
+    key = sorted(ref.unique | set(current_counts.index))[0]
+    n1, n2 = ref.rows, len(current)
+    p1 = float(n1 - ref.counts.get(key, 0)) / n1  # Evidently codes the first value in sorted order 0, others 1
+    p2 = float(n2 - int(current_counts.get(key, 0))) / n2
+    pooled = float(p1 * n1 + p2 * n2) / (n1 + n2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = (p1 - p2) / np.sqrt(pooled * (1 - pooled) * (1.0 / n1 + 1.0 / n2))
+    from scipy.stats import norm
+
+    return float(2 * (1 - norm.cdf(np.abs(z))))
 
 
 def _jensenshannon_categories(ref: ColumnStats, current: pd.Series) -> float:

@@ -5,9 +5,9 @@ test machine must differ from compose: the host:port literals (compose service n
 ports) and the time intervals, scaled down by ``TIME_SCALE``. Everything else stays byte-identical, and
 ``check_only_intervals_and_hosts_changed`` proves it, so what is tested is what compose ships.
 
-Why 1/60: the demo drift job runs every 60 s in production and every second here, so ``for: 10m`` (about ten
-consecutive drift runs) becomes ``for: 10s`` (still about ten runs): the alert still has to outlast single noisy
-runs, just on a faster clock.
+Why 1/60: the demo drift job runs every 60 s in production and every second here, so ``for: 2m`` (three
+consecutive drift runs) becomes ``for: 2s`` (still about three runs): the alert still has to outlast a single
+run, just on a faster clock.
 """
 
 from __future__ import annotations
