@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test bench lint system-deps clean
+.PHONY: run test bench bench-detection lint system-deps clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed")'
@@ -29,6 +29,10 @@ test: $(STAMP) system-deps
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
+
+# False alerts and detection delay of both threshold modes on synthetic populations -> benchmarks/detection.json
+bench-detection: $(STAMP)
+	$(PY) -m benchmarks.detection
 
 clean:
 	rm -rf $(VENV) .exporter .pytest_cache
