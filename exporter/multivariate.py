@@ -1,0 +1,218 @@
+"""Multivariate drift: one dataset-level score that sees changes of the joint distribution of the features, such as
+a correlation that flips sign while every marginal (and so every per-feature test) stays the same.
+
+Method: PCA data reconstruction error, as NannyML's "data reconstruction drift". The reference is encoded (numbers
+imputed and standardised, categories one-hot), a PCA keeping 65 % of the variance is fitted, and a window's score is
+the mean Euclidean distance between its encoded rows and their reconstruction from the kept components. Rows that
+break the reference's correlations leave the kept subspace and reconstruct badly.
+
+The threshold is calibrated, as the per-feature ones: the window mean that a window of fresh rows of the
+reference's population exceeds with probability ``alpha`` (see exporter.calibration). The PCA fits its own rows
+better than fresh ones, so the per-row error of fresh rows is measured by cross-fitting (fit on K-1 folds of the
+reference, measure on the held-out fold).
+
+Each row's error is capped at the 99th percentile of those fresh-row errors. Without the cap, a heavy-tailed feature
+makes the per-row errors heavy-tailed too, and the tail of a window mean at alpha ~ 1e-7 is then set by the few
+largest rows, which no moment-matched distribution (nor a reference of a few thousand rows) describes: measured
+with a log-normal feature, an uncapped Gamma threshold was exceeded 500 times more often than alpha. Capped, the
+exact tail (FFT convolution of 400k fresh rows' errors) stayed below alpha in every case measured. A few extreme
+rows are the per-feature tests' and the unseen share's business; this score is about the bulk of the window.
+Pure: frames in, a frozen result out.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from sklearn.decomposition import PCA
+from threadpoolctl import threadpool_limits
+
+log = logging.getLogger(__name__)
+
+METHOD = "pca_reconstruction"
+VARIANCE_KEPT = 0.65  # NannyML's default
+MAX_CATEGORIES = 20  # per categorical feature: the most frequent ones; the rest share one "other" column
+ONE_HOT_SCALE = 1 / math.sqrt(2)  # a change of category moves a row by 1, as one standard deviation of a number
+MAX_FIT_ROWS = 20_000  # the reference rows the PCA is fitted on (and cross-fitted), a fixed-seed subsample above
+MAX_WINDOW_ROWS = 5_000  # a larger window is scored on a fixed-seed subsample: the cost stays bounded
+CAP_QUANTILE = 0.99  # of the fresh-row errors: the per-row error is capped there (see the module docstring)
+FOLDS = 5
+SEED = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class MultivariateDrift:
+    """One run's multivariate drift: mean (capped) reconstruction error of the window's rows against its threshold."""
+
+    method: str = METHOD
+    score: float
+    threshold: float
+    detected: bool
+    rows: int  # the window rows scored (after subsampling)
+
+
+@dataclass(frozen=True)
+class _Encoder:
+    """Frame -> numeric matrix: numbers median-imputed and standardised, categories one-hot (kept levels, other,
+    missing) scaled by ONE_HOT_SCALE. Fitted on reference rows only."""
+
+    numerical: list[str]
+    medians: np.ndarray
+    means: np.ndarray
+    scales: np.ndarray
+    categorical: list[str]
+    levels: list[list[str]]
+
+    @classmethod
+    def fit(cls, frame: pd.DataFrame, numerical: list[str], categorical: list[str]) -> _Encoder:
+        values = _numbers(frame, numerical)
+        medians = np.zeros(len(numerical))
+        for j in range(len(numerical)):
+            present = values[:, j][~np.isnan(values[:, j])]
+            medians[j] = float(np.median(present)) if present.size else 0.0
+        imputed = np.where(np.isnan(values), medians, values)
+        means = imputed.mean(axis=0) if len(frame) else np.zeros(len(numerical))
+        scales = imputed.std(axis=0) if len(frame) else np.ones(len(numerical))
+        scales = np.where(scales > 0, scales, 1.0)
+        levels = [[str(v) for v in frame[name].value_counts().index[:MAX_CATEGORIES]] for name in categorical]
+        return cls(list(numerical), medians, means, scales, list(categorical), levels)
+
+    @property
+    def width(self) -> int:
+        return len(self.numerical) + sum(len(kept) + 2 for kept in self.levels)
+
+    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+        values = _numbers(frame, self.numerical)
+        blocks = [(np.where(np.isnan(values), self.medians, values) - self.means) / self.scales]
+        rows = np.arange(len(frame))
+        for name, kept in zip(self.categorical, self.levels, strict=True):
+            col = frame[name]
+            missing = col.isna().to_numpy()
+            codes = pd.Categorical(col, categories=kept).codes
+            block = np.zeros((len(frame), len(kept) + 2))
+            known = codes >= 0
+            block[rows[known], codes[known]] = 1.0
+            block[:, len(kept)] = ~known & ~missing  # other: a rarer or unseen category
+            block[:, len(kept) + 1] = missing
+            blocks.append(block * ONE_HOT_SCALE)
+        return np.hstack(blocks)
+
+
+def _numbers(frame: pd.DataFrame, names: list[str]) -> np.ndarray:
+    values = frame[names].to_numpy(dtype=float, na_value=np.nan) if names else np.zeros((len(frame), 0))
+    return np.where(np.isfinite(values), values, np.nan)
+
+
+@dataclass(frozen=True)
+class _Model:
+    encoder: _Encoder
+    mean: np.ndarray
+    components: np.ndarray  # (kept components, width), orthonormal rows
+
+    @classmethod
+    def fit(cls, frame: pd.DataFrame, numerical: list[str], categorical: list[str], components: float | int) -> _Model:
+        encoder = _Encoder.fit(frame, numerical, categorical)
+        pca = PCA(n_components=components, svd_solver="full").fit(encoder.transform(frame))
+        return cls(encoder, pca.mean_, pca.components_)
+
+    def errors(self, frame: pd.DataFrame) -> np.ndarray:
+        """Per row: the Euclidean distance between the encoded row and its reconstruction from the components."""
+        centred = self.encoder.transform(frame) - self.mean
+        residual = centred - (centred @ self.components.T) @ self.components
+        return np.sqrt(np.einsum("ij,ij->i", residual, residual))
+
+
+class MultivariateReference:
+    """The PCA of the reference and the no-drift distribution of a fresh row's reconstruction error.
+
+    ``frame`` is the normalised reference (numbers float with NaN for missing, categories as text with None)."""
+
+    def __init__(self, frame: pd.DataFrame, numerical: list[str], categorical: list[str]) -> None:
+        # One BLAS thread: these matrices are narrow, and a second thread on a busy machine makes each SVD several
+        # times slower (measured: 16000 x 21 took 0.32 s with the default threads, 0.04 s with one).
+        with threadpool_limits(1, user_api="blas"):
+            self._fit(frame, numerical, categorical)
+
+    def _fit(self, frame: pd.DataFrame, numerical: list[str], categorical: list[str]) -> None:
+        if len(numerical) + len(categorical) < 2:
+            raise ValueError("multivariate drift needs at least 2 features")
+        rng = np.random.default_rng(SEED)
+        if len(frame) > MAX_FIT_ROWS:
+            frame = frame.iloc[np.sort(rng.choice(len(frame), MAX_FIT_ROWS, replace=False))]
+        n = len(frame)
+        if n < 2 * FOLDS:
+            raise ValueError(f"multivariate drift needs at least {2 * FOLDS} reference rows, got {n}")
+        self.numerical = list(numerical)
+        self.categorical = list(categorical)
+        width = _Encoder.fit(frame, numerical, categorical).width
+        full = _Model.fit(frame, numerical, categorical, VARIANCE_KEPT)
+        # Keep at least one dimension out: with every component kept every row reconstructs exactly.
+        self.n_components = min(len(full.components), width - 1)
+        self.model = (
+            full if self.n_components == len(full.components)
+            else _Model.fit(frame, numerical, categorical, self.n_components)
+        )
+        # Cross-fitting: each row's error under a model (encoder and PCA) fitted without it, as a fresh row's.
+        fold = rng.permutation(n) % FOLDS
+        held_out = np.empty(n)
+        for k in range(FOLDS):
+            model = _Model.fit(frame[fold != k], numerical, categorical, self.n_components)
+            held_out[fold == k] = model.errors(frame[fold == k])
+        cap = float(np.quantile(held_out, CAP_QUANTILE))
+        self.cap = cap if cap > 1e-12 else math.inf  # errors of a reference that lies in the subspace are 0 (+ noise)
+        capped = np.minimum(held_out, self.cap)
+        self.fresh_mean = float(capped.mean())
+        self.fresh_sd = float(capped.std(ddof=1))
+        self.fresh_skew = float(stats.skew(capped)) if self.fresh_sd > 0 else 0.0
+        self.fit_rows = n
+        self.fitted_mean = float(np.minimum(self.model.errors(frame), self.cap).mean())  # biased low; for the record
+
+    def threshold(self, rows: int, alpha: float) -> float:
+        """The window mean (capped) error that ``rows`` fresh rows exceed with probability ``alpha``.
+
+        Under no drift the window mean has mean ~ mu and variance ~ sigma^2 (1/m + 1/n): the window's sampling noise
+        plus the reference's (mu and the fitted model are estimates from n rows). The per-row errors are
+        right-skewed and alpha is tiny, so the quantile is a Gamma's matched to that mean and variance rather than
+        a normal one, whose tail is too thin; where the measured skewness of the window mean is larger than that
+        Gamma's, the shifted Gamma (Pearson type III) matched to the skewness too is used, whichever is higher."""
+        mu, sd = self.fresh_mean, self.fresh_sd
+        if mu <= 0 or sd <= 0:  # the reference lies exactly in the kept subspace: any residual is a change
+            return mu + 1e-9 * (1 + mu)
+        var = sd**2 * (1 / rows + 1 / self.fit_rows)
+        threshold = float(stats.gamma.isf(alpha, mu**2 / var, scale=var / mu))
+        # Third cumulant of a mean of m rows: k3 / m^2; the reference's part of the variance counted as symmetric.
+        skew = self.fresh_skew * sd**3 / rows**2 / var**1.5
+        if skew > 2 * math.sqrt(var) / mu:
+            shape, scale = 4 / skew**2, math.sqrt(var) * skew / 2
+            threshold = max(threshold, float(stats.gamma.isf(alpha, shape, loc=mu - shape * scale, scale=scale)))
+        return threshold
+
+    def score(self, window: pd.DataFrame, alpha: float) -> MultivariateDrift:
+        """Score ``window`` (normalised as the reference); a window above MAX_WINDOW_ROWS is scored on a fixed-seed
+        subsample of that many rows, so the cost is bounded and the threshold uses the rows actually scored."""
+        if len(window) == 0:
+            raise ValueError("the window has no rows")
+        if len(window) > MAX_WINDOW_ROWS:
+            pick = np.random.default_rng(SEED).choice(len(window), MAX_WINDOW_ROWS, replace=False)
+            window = window.iloc[np.sort(pick)]
+        rows = len(window)
+        score = float(np.minimum(self.model.errors(window), self.cap).mean())
+        threshold = self.threshold(rows, alpha)
+        return MultivariateDrift(score=score, threshold=threshold, detected=score >= threshold, rows=rows)
+
+
+def fit_multivariate(frame: pd.DataFrame, numerical: list[str], categorical: list[str]) -> MultivariateReference | None:
+    """The reference's multivariate model, or None: fewer than 2 features, or a failed fit (logged; the per-feature
+    drift goes on without it)."""
+    if len(numerical) + len(categorical) < 2:
+        return None
+    try:
+        return MultivariateReference(frame, numerical, categorical)
+    except Exception as exc:
+        log.warning("drift: the multivariate drift model could not be fitted: %s", exc)
+        return None
