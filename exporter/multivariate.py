@@ -213,9 +213,10 @@ class MultivariateReference:
 
         Under no drift the window mean has mean ~ mu and variance ~ sigma^2 (1/m + 2/n): the window's sampling noise
         plus the reference's (mu and the fitted model are estimates from n rows; see REFERENCE_VARIANCE). The
-        per-row errors are right-skewed and alpha is tiny, so the quantile is a Gamma's matched to that mean and variance rather than
-        a normal one, whose tail is too thin; where the measured skewness of the window mean is larger than that
-        Gamma's, the shifted Gamma (Pearson type III) matched to the skewness too is used, whichever is higher."""
+        per-row errors are right-skewed and alpha is tiny, so the quantile is a Gamma's matched to that mean and
+        variance rather than a normal one, whose tail is too thin; where the measured skewness of the window mean is
+        larger than that Gamma's, the shifted Gamma (Pearson type III) matched to the skewness too is used, whichever
+        is higher."""
         mu, sd = self.fresh_mean, self.fresh_sd
         if mu <= 0 or sd <= 0:  # the reference lies exactly in the kept subspace: any residual is a change
             return mu + 1e-9 * (1 + mu)
