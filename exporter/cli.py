@@ -193,6 +193,10 @@ def cmd_drift(args: argparse.Namespace) -> int:
         p = result.prediction
         console.print(f"prediction drift: {p.stat_test_display} {p.score:.4g} (threshold {p.threshold:.4g}) "
                       f"{'[red]drifted' if p.detected else '[green]stable'}")
+    if result.multivariate is not None:
+        mv = result.multivariate
+        console.print(f"multivariate drift: {mv.method} {mv.score:.4g} (threshold {mv.threshold:.4g}, {mv.rows} rows) "
+                      f"{'[red]drifted' if mv.detected else '[green]stable'}")
     quality = service.quality_result
     if quality is not None and quality.metrics:
         shown = ", ".join(f"{k} {v:.4g} (reference {service.quality_reference.get(k, float('nan')):.4g})"

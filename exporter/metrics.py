@@ -150,6 +150,26 @@ class ExporterCollector(Collector):
             yield ps
             yield pt
             yield _gauge("model_prediction_drift_detected", "1 when the predictions drifted.", 1.0 if p.detected else 0.0)
+        mv = result.multivariate
+        if mv is not None:  # None: fewer than 2 features, or the computation failed (logged): no series at all
+            ms = _gauge(
+                "model_multivariate_drift_score",
+                "Multivariate drift: mean PCA reconstruction error of the window's rows (joint distribution).",
+                labels=["method"],
+            )
+            ms.add_metric([mv.method], mv.score)
+            mt = _gauge(
+                "model_multivariate_drift_threshold",
+                "Calibrated threshold of the multivariate drift score (false flags at the configured rate).",
+                labels=["method"],
+            )
+            mt.add_metric([mv.method], mv.threshold)
+            yield ms
+            yield mt
+            yield _gauge(
+                "model_multivariate_drift_detected", "1 when the multivariate drift score reached its threshold.",
+                1.0 if mv.detected else 0.0,
+            )
 
     def _quality(self) -> Iterator[Metric]:
         s = self.service

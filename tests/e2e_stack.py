@@ -48,7 +48,7 @@ ALERTMANAGER_TARGET = '"alertmanager:9093"'
 PROMETHEUS_SELF_TARGET = '"localhost:9090"'  # the self-scrape; 9090 on a test machine may be anyone's
 WEBHOOK_URL = '"http://app-webhook:5001/alerts"'
 
-DRIFT_ALERTS = ("ModelFeatureDrift", "ModelDatasetDrift", "ModelPredictionDrift")
+DRIFT_ALERTS = ("ModelFeatureDrift", "ModelDatasetDrift", "ModelPredictionDrift", "ModelMultivariateDrift")
 
 
 def require_binary(path: str, package: str) -> str:

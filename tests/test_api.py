@@ -140,6 +140,11 @@ def test_drift_run_publishes_and_monitoring_serves_gzip_report(client: TestClien
     drift = client.get("/drift").json()
     assert drift["result"]["window_rows"] == 20
     assert drift["result"]["features"]["island"]["stat_test"]
+    mv = drift["result"]["multivariate"]
+    assert mv["method"] == "pca_reconstruction" and mv["rows"] == 20
+    assert sample(metrics, "model_multivariate_drift_score", method="pca_reconstruction") == mv["score"]
+    assert sample(metrics, "model_multivariate_drift_threshold", method="pca_reconstruction") == mv["threshold"]
+    assert sample(metrics, "model_multivariate_drift_detected") == (1.0 if mv["score"] >= mv["threshold"] else 0.0)
     raw = client.get("/monitoring", headers={"accept-encoding": "gzip"})
     assert raw.status_code == 200
     assert raw.headers["content-encoding"] == "gzip"
@@ -172,7 +177,8 @@ def test_cached_drift_text_equals_a_fresh_collection_and_follows_new_runs(client
 
     def drift_samples(text: str) -> dict[object, float]:
         return {k: v for k, v in parse_metrics(text).items()
-                if k[0].startswith(("model_feature_", "model_dataset_", "model_prediction_drift", "model_drift_window"))}
+                if k[0].startswith(("model_feature_", "model_dataset_", "model_prediction_drift", "model_drift_window",
+                                     "model_multivariate_"))}
 
     served = drift_samples(client.get("/metrics").text)
     fresh = drift_samples(generate_latest(build_registry(service)).decode())
