@@ -261,13 +261,43 @@ def summary(values: list[int | None]) -> dict[str, Any]:
     return {"p50": pct(50), "p95": pct(95), "missed": missed, "runs": values}
 
 
+def multivariate_cost() -> dict[str, Any]:
+    """Seconds to fit the multivariate model on a reference and to score windows of several sizes (30 features: 24
+    numerical, 6 categorical); larger windows are scored on a fixed-size sample, so the cost stays bounded."""
+    from exporter.drift import normalise
+    from exporter.multivariate import fit_multivariate
+
+    rng = np.random.default_rng(3)
+
+    def wide(rows: int) -> pd.DataFrame:
+        blocks = [draw(rows, rng).add_suffix(f"_{i}") for i in range(6)]
+        return pd.concat(blocks, axis=1).drop(columns=[f"partner_{i}" for i in range(6)])
+
+    frame = wide(50_000)
+    numerical = [c for c in frame.columns if not c.startswith(("category", "flag"))]
+    categorical = [c for c in frame.columns if c.startswith(("category", "flag"))]
+    started = time.perf_counter()
+    model = fit_multivariate(normalise(frame, numerical, categorical), numerical, categorical)
+    out: dict[str, Any] = {"features": len(frame.columns), "reference_rows": len(frame),
+                           "fit_seconds": round(time.perf_counter() - started, 3)}
+    assert model is not None
+    for rows in (3000, 100_000):
+        window = normalise(wide(rows), numerical, categorical)
+        model.score(window, Modes().calibrated)
+        started = time.perf_counter()
+        for _ in range(5):
+            model.score(window, Modes().calibrated)
+        out[f"score_seconds_{rows}_rows"] = round((time.perf_counter() - started) / 5, 4)
+    return out
+
+
 def _task(spec: tuple[str, tuple[Any, ...]]) -> dict[str, Any]:
     from threadpoolctl import threadpool_limits
 
     warnings.simplefilter("ignore")
     kind, args = spec
     fn: Callable[..., dict[str, Any]] = {"stationary": stationary, "delay": delays,
-                                         "correlation": correlation_delays}[kind]
+                                         "correlation": correlation_delays, "cost": multivariate_cost}[kind]
     with threadpool_limits(1):
         return {"kind": kind, **fn(*args)}
 
@@ -284,14 +314,15 @@ def plan(quick: bool, days: float, seeds: int) -> list[tuple[str, tuple[Any, ...
                 tasks.append(("delay", (ref_rows, traffic, 20 if target_cell and not quick else 6, change, cap)))
     for ref_rows in REFERENCES:
         tasks.append(("correlation", (ref_rows, 300, 6 if quick else 20, 60)))
+    tasks.append(("cost", ()))
     # the slowest first, so that two processes finish together
-    return sorted(tasks, key=lambda t: -(t[1][0] * (t[1][3] if t[0] == "stationary" else 50)))
+    return sorted(tasks, key=lambda t: -(t[1][0] * (t[1][3] if t[0] == "stationary" else 50)) if t[1] else 0)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.detection", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--days", type=float, default=1.0, help="simulated days of stationary runs per cell")
-    parser.add_argument("--seeds", type=int, default=4, help="references per cell for the stationary runs")
+    parser.add_argument("--days", type=float, default=2.0, help="simulated days of stationary runs per cell")
+    parser.add_argument("--seeds", type=int, default=8, help="references per cell for the stationary runs")
     parser.add_argument("--quick", action="store_true", help="fewer seeds for the delays (a smoke run)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--out", default=str(BENCH_DIR / "detection.json"))
@@ -310,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         "stationary": [r for r in results if r["kind"] == "stationary"],
         "delays": [r for r in results if r["kind"] == "delay"],
         "correlation": [r for r in results if r["kind"] == "correlation"],
+        "multivariate_cost": next(r for r in results if r["kind"] == "cost"),
     }
     with open(args.out, "w") as fh:
         json.dump(doc, fh, indent=1, default=float)
@@ -346,6 +378,11 @@ def render(doc: dict[str, Any]) -> str:
         for r in corr:
             lines.append(f"| {r['ref_rows']} | {r['seeds']} | {runs(r['calibrated'])} | "
                          f"{r['per_feature_alerts_meanwhile']} |")
+    cost = doc.get("multivariate_cost")
+    if cost:
+        lines += ["", f"Multivariate drift cost ({cost['features']} features): fit on {cost['reference_rows']} reference "
+                  f"rows {cost['fit_seconds']} s; a 3000-row window {cost['score_seconds_3000_rows']} s, a 100k-row "
+                  f"window {cost['score_seconds_100000_rows']} s (scored on a sample)."]
     return "\n".join(lines)
 
 

@@ -22,6 +22,8 @@ model whose one free constant is fitted to the simulation:
   Its far tail is that of |N(0, 1)| shifted by the other directions' contribution d:
   P(score > x) ~ 2 Phi(-(x - d)); d is fitted at the simulation's 99.5th percentile.
 - z (two values): exact; the window's count is beta-binomial under no drift.
+- For value shares, the population's are drawn from Dirichlet(counts + 1) rather than the Bayesian bootstrap's
+  Dirichlet(counts): a rare category's share needs the room an exact Poisson upper bound gives it.
 - Chi-square and Jensen-Shannon (categories, and numbers with few values): in the limit scaled chi-square
   variables; a Gamma distribution through the simulated statistic's 90th and 99.75th percentiles carries the
   heavier tail of rare categories.
@@ -172,7 +174,7 @@ def _z_threshold(counts: tuple[int, int], m: int, alpha: float) -> float:
         z = np.where(se > 0, np.abs(p1 - p2) / se, 0.0)
     p_values = 2 * stats.norm.sf(z)
     order = np.argsort(p_values, kind="stable")
-    mass = np.cumsum(stats.betabinom.pmf(k[order], m, a, b))
+    mass = np.cumsum(stats.betabinom.pmf(k[order], m, a + 1, b + 1))  # +1: as for the categories, see below
     allowed = int(np.searchsorted(mass, alpha, side="right"))  # the most extreme counts within alpha
     return float(p_values[order[allowed]]) if allowed < order.size else 1.0
 
@@ -181,7 +183,10 @@ def _categorical_null(ref: ColumnStats, test: str, m: int, rng: np.random.Genera
     """The test's statistic on simulated no-drift windows, normalised so that its limit is chi-square."""
     counts = np.array(list(ref.counts.values()), dtype=float)
     n = ref.rows
-    window = rng.multinomial(m, _population(counts, rng, replicates)).astype(float)
+    # Dirichlet(counts + 1): with the Bayesian bootstrap's Dirichlet(counts) a category seen 5 times is given too
+    # little room to be truly 3 times as common, and references that undercount a rare category flag every window
+    # (measured: twice alpha over 300-row references); the +1 is the exact upper confidence bound of a Poisson count.
+    window = rng.multinomial(m, _population(counts + 1, rng, replicates)).astype(float)
     ref_share = counts / n
     if test == "chisquare":  # Evidently: window counts against reference shares taken as exact
         expected = ref_share * m

@@ -101,6 +101,14 @@ def test_budget_maps_to_a_per_run_probability() -> None:
     assert per_run_alpha(0.01, 1) == pytest.approx(0.01 / 2_592_000)
 
 
+def test_config_chooses_the_mode_and_the_budget() -> None:
+    from exporter.config import DriftSection
+
+    assert DriftSection().alpha == pytest.approx(0.01 / 43200)  # calibrated, 0.01 a feature-month, a run a minute
+    assert DriftSection(false_alerts_per_month=1, interval_seconds=10).alpha == pytest.approx(1 / 259200)
+    assert DriftSection(thresholds="evidently").alpha is None
+
+
 def test_values_the_reference_never_showed_are_judged_by_their_share() -> None:
     rng = np.random.default_rng(3)
     ref = ColumnStats(pd.Series(rng.choice(list("abc"), size=300)), CATEGORICAL)

@@ -54,6 +54,8 @@ drift:
   min_rows: 100               # fewer rows in the window: publish its size, skip drift
   interval_seconds: 60
   drift_share: 0.5            # the dataset drifts when this share of features drifts
+  thresholds: calibrated      # per-feature thresholds from the no-drift distribution; or: evidently (fixed 0.05 / 0.1)
+  false_alerts_per_month: 0.01   # calibrated: expected false drift alerts per feature per month, at most
   per_feature: {}             # e.g. {body_mass_g: {method: psi, threshold: 0.2}}; default: Evidently's choice
   report: true                # build the HTML report served at /monitoring
 
