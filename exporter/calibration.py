@@ -66,12 +66,11 @@ class NullModel:
     scale: float = 0.0
     counts: tuple[int, int] = (0, 0)  # z: the reference's two category counts
 
-
     def threshold(self, alpha: float, n: int, m: int, categories: int) -> float:
         """The score threshold (in Evidently's units) flagged with probability alpha under no drift."""
         spread = 1 / n + 1 / m
-        if self.test == "ks":
-            return alpha
+        if self.test == "ks" or (self.test == "z" and not all(self.counts)):
+            return alpha  # exact p-value (a one-valued reference: any other value is unseen, judged by its share)
         if self.test == "wasserstein":
             return (stats.norm.isf(alpha / 2) + self.shift) * math.sqrt(spread)
         if self.test == "z":
@@ -116,9 +115,7 @@ def null_model(ref: ColumnStats, test: str, m: int, rng: np.random.Generator,
         return NullModel(test)
     if test == "z":
         counts = sorted(ref.counts.items())  # Evidently tests the first category in sorted order
-        if len(counts) != 2:
-            raise ValueError("z: the reference column does not have exactly two values")
-        return NullModel(test, counts=(int(counts[0][1]), int(counts[1][1])))
+        return NullModel(test, counts=(int(counts[0][1]), int(counts[1][1])) if len(counts) == 2 else (0, 0))
     if test == "wasserstein":
         scores = _wasserstein_null(ref, m, rng, replicates) / math.sqrt(1 / ref.rows + 1 / m)
         q = 1 - 10 / replicates

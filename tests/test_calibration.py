@@ -121,6 +121,14 @@ def test_values_the_reference_never_showed_are_judged_by_their_share() -> None:
     assert judge(ref, common_new, MethodOverride(), alpha).detected
 
 
+def test_a_constant_reference_column_is_judged_not_failed() -> None:
+    ref = ColumnStats(pd.Series(["x"] * 500), CATEGORICAL)
+    alpha = per_run_alpha(0.01, 60)
+    same = judge(ref, pd.Series(["x"] * 300), MethodOverride(), alpha)
+    assert same.name == "z" and not same.detected
+    assert judge(ref, pd.Series(["x"] * 200 + ["y"] * 100), MethodOverride(), alpha).detected  # a third unseen
+
+
 def test_report_judges_each_column_with_the_threshold_in_force() -> None:
     from exporter.report import build_report
 
