@@ -85,7 +85,7 @@ def run_job(spec: JobSpec, store: PredictionStore) -> JobOutput:
     report_started = time.monotonic()
     if spec.report and result.skipped_reason is None:
         try:
-            report = build_report(spec.reference, window, result)
+            report = build_report(spec.reference, window, result, calibrated=spec.alpha is not None)
         except Exception as exc:
             report_error = f"{type(exc).__name__}: {exc}"
     return JobOutput(result, quality_result, report, report_error, compute_seconds,

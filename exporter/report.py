@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from exporter.drift import DriftResult, Reference, normalise
+from exporter.drift import CATEGORY_TESTS, DriftResult, Reference, normalise
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ def build_report(
     reference: Reference,
     window: pd.DataFrame,
     result: DriftResult,
+    calibrated: bool = False,
 ) -> CachedReport:
     """The report of ``window``, judged with the stat test and threshold each feature had in ``result`` (calibrated
     or configured), so that the page and the gauges give the same verdicts."""
@@ -42,6 +43,11 @@ def build_report(
 
     definition = DataDefinition(numerical_columns=reference.numerical, categorical_columns=reference.categorical)
     current = normalise(window, reference.numerical, reference.categorical)
+    if calibrated:  # as the calibrated tests do: values the reference never showed are judged by their share
+        for f in result.features.values():
+            if f.stat_test in CATEGORY_TESTS and f.feature in reference.stats:
+                column = current[f.feature]
+                current[f.feature] = column.where(column.isna() | column.isin(reference.stats[f.feature].unique))
     judged = [f for f in result.features.values() if f.stat_test is not None and f.threshold is not None]
     methods = {f.feature: f.stat_test for f in judged}
     thresholds = {f.feature: f.threshold for f in judged}
