@@ -218,7 +218,7 @@ def judge(ref: ColumnStats, present: pd.Series, override: MethodOverride, alpha:
         # values the reference never showed are judged by their share, not by the test (calibration.unseen_limit)
         seen = present.isin(ref.unique)
         if not seen.all():
-            unseen_drift = 1 - seen.mean() > unseen_limit(ref.rows, alpha)
+            unseen_drift = bool(1 - seen.mean() > unseen_limit(ref.rows, alpha))
             if not seen.any():
                 r = run_test(ref, present, override.method, None, test)
                 return TestResult(r.name, r.display, r.score, r.threshold, unseen_drift)

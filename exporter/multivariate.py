@@ -240,6 +240,8 @@ class MultivariateReference:
         rows = len(window)
         score = float(np.minimum(self.model.errors(window), self.cap).mean())
         threshold = self.threshold(rows, alpha)
+        if not (math.isfinite(score) and math.isfinite(threshold)):
+            raise ValueError(f"non-finite multivariate score {score} or threshold {threshold}")
         return MultivariateDrift(score=score, threshold=threshold, detected=score >= threshold, rows=rows)
 
 
