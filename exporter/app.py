@@ -168,11 +168,13 @@ def create_app(settings: Settings, *, start_scheduler: bool = True) -> FastAPI:
 
     @app.get("/metrics", tags=["monitoring"], dependencies=protected(token, settings.auth.protect_metrics))
     def prometheus_metrics() -> Response:
+        service.serve_newest()  # the deployment's newest run, whichever process answers
         return Response(generate_latest(registry) + drift_text.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/drift", tags=["monitoring"], dependencies=private)
     def drift() -> JSONResponse:
         """The latest drift result (per feature: type, stat test, score, threshold, detected; share; window)."""
+        service.serve_newest()
         result = service.drift_result
         body: dict[str, Any] = {
             "model": {"name": settings.model.name, "version": settings.model.version},
@@ -193,6 +195,7 @@ def create_app(settings: Settings, *, start_scheduler: bool = True) -> FastAPI:
     @app.get("/monitoring", response_class=HTMLResponse, tags=["monitoring"], dependencies=private)
     def monitoring(request: Request) -> Response:
         """Evidently's HTML drift report of the latest window, built by the drift job."""
+        service.serve_newest()
         report = service.report
         if report is None:
             result = service.drift_result

@@ -65,8 +65,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
     else:
         logging.getLogger("exporter").warning(
-            "--workers %d: each worker runs its own drift job and counters, and a scrape reaches one of them; "
-            "prefer replicas of one worker each sharing a PostgreSQL database_url", args.workers
+            "--workers %d: the drift job runs once for all workers, but each worker keeps its own serving counters "
+            "and a scrape reaches one of them; prefer replicas of one worker each sharing a PostgreSQL database_url",
+            args.workers
         )
         os.environ[CONFIG_ENV] = str(path.resolve())
         uvicorn.run(

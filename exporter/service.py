@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from exporter.config import Settings
+from exporter.deployment import Deployment, RunStore, StoredRun, job_lock
 from exporter.drift import CATEGORICAL, NUMERICAL, DriftResult, MethodOverride, Reference
 from exporter.features import FeatureTypeError, FeatureTypes, read_reference
 from exporter.guard import RequestPathError, check_request_path
@@ -158,6 +159,9 @@ class Service:
         }
         self.prediction_override = MethodOverride(settings.drift.prediction.method, settings.drift.prediction.threshold)
         self._runner: InProcessRunner | WorkerRunner | None = None
+        version = settings.model.version
+        self.deployment = Deployment(job_lock(settings.resolved_database_url, settings.model.name, version),
+                                     RunStore(self.store.engine, version))
         # Said once everything else has held, so that a refused start prints its one error line only.
         log.info("request path checked: %d reference rows get the model's own answers through /predict", checked)
 
@@ -179,6 +183,7 @@ class Service:
     def start(self) -> None:
         try:
             self.store.create_schema()
+            self.deployment.runs.create()
             self.prediction_log.schema_ready = True
         except Exception as exc:
             # The writer creates the table once the database is reachable; readiness reports it down meanwhile.
@@ -188,8 +193,8 @@ class Service:
 
     def stop(self) -> None:
         try:
-            if self._runner is not None:
-                self._runner.close()
+            self._close_runner()
+            self.deployment.close()
         except Exception:  # whatever stopping the drift job does, the prediction log is flushed
             log.exception("stopping the drift job failed")
         finally:
@@ -282,8 +287,29 @@ class Service:
             self._runner = WorkerRunner(spec) if self.settings.drift.isolation == "process" else InProcessRunner(spec)
         return self._runner
 
+    def _close_runner(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            runner.close()
+
+    def serve_newest(self) -> None:
+        """Serve the deployment's newest stored run if this process does not serve it yet."""
+        self.deployment.serve_newest(self._publish_stored)
+
+    def _publish_stored(self, run: StoredRun) -> None:
+        # whole objects replaced: readers see one run or the next, never a mix
+        self.drift_result, self.quality_result = run.drift, run.quality
+        if run.report is not None:
+            self.report = run.report
+        self.job_stats.last_success = run.created_at
+
     def run_drift_job(self) -> None:
-        """One run: window -> drift (+ quality, + HTML report) -> publish. Never raises; failures are counted."""
+        """One tick: the deployment's job lock held, a run (window -> drift, quality, report -> stored -> served);
+        else the newest run another process stored is served. Never raises; failures are counted."""
+        if not self.deployment.lead():
+            self._close_runner()  # a process that does not run the job keeps no worker process
+            self.serve_newest()
+            return
         started = time.monotonic()
         self.job_stats.runs += 1
         try:
@@ -296,6 +322,10 @@ class Service:
             self.job_stats.last_duration = time.monotonic() - started
             log.error("drift job failed: %s", exc)
             return
+        try:
+            self.deployment.runs.save(output.drift, output.quality, output.report or self.report)
+        except Exception as exc:  # the database is down: this process serves its run; the others keep theirs
+            log.error("drift job: the run could not be stored, so other processes do not see it: %s", exc)
         # Publish by replacing whole objects: readers see one run or the next, never a mix.
         self.drift_result = output.drift
         self.quality_result = output.quality
@@ -305,6 +335,7 @@ class Service:
             self.job_stats.report_failures += 1
             log.error("drift report failed: %s", output.report_error)
         self.job_stats.last_success = time.time()
+        self.serve_newest()  # the stored copy, as every other process serves it (and its stored time)
         self.job_stats.last_error = None
         self.job_stats.last_duration = output.compute_seconds
         self.job_stats.last_report_duration = output.report_seconds

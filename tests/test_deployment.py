@@ -1,0 +1,124 @@
+"""One deployment, one drift job: the job lock (a file beside SQLite, a PostgreSQL advisory lock), the stored runs
+every process serves, and real `exporter serve` processes sharing one database."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+from sqlalchemy import create_engine, func, select
+
+from exporter.calibration import per_run_alpha
+from exporter.deployment import AdvisoryJobLock, FileJobLock, RunStore, job_lock, runs_table
+from exporter.drift import Reference, compute_drift
+from exporter.quality import QualityResult
+from exporter.report import CachedReport, ColumnVerdict
+from tests.helpers import LiveServer, config_folder, live_server, wait_until
+from tests.test_api import GOOD
+
+
+def test_file_lock_has_one_holder_until_released(tmp_path: Path) -> None:
+    path = tmp_path / "predictions.db.drift-lock"
+    first, second = FileJobLock(path), FileJobLock(path)
+    assert first.acquire() and first.acquire()  # kept
+    assert not second.acquire()
+    first.release()
+    assert second.acquire()
+    second.release()
+
+
+def test_advisory_lock_passes_on_when_its_session_dies(postgres_url: str) -> None:
+    first = job_lock(postgres_url, "m", "1")
+    second = job_lock(postgres_url, "m", "1")
+    other_version = job_lock(postgres_url, "m", "2")
+    assert isinstance(first, AdvisoryJobLock)
+    try:
+        assert first.acquire() and not second.acquire()
+        assert other_version.acquire()  # a deployment per model version
+        first._conn.invalidate()  # type: ignore[union-attr]  # the holder's connection is gone, as on SIGKILL
+        assert wait_until(second.acquire, 10, what="the lock to pass on")
+        assert not first.acquire()  # the old holder notices it lost the lock
+    finally:
+        for lock in (first, second, other_version):
+            lock.release()
+
+
+def test_a_stored_run_reads_back_as_it_was(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"x": rng.normal(size=500), "y": rng.normal(size=500), "c": rng.choice(list("ab"), 500)})
+    reference = Reference(frame, ["x", "y"], ["c"], predictions=frame["c"])
+    window = frame.sample(300, random_state=2).assign(prediction=lambda f: f["c"])
+    drift = compute_drift(reference, window, alpha=per_run_alpha(0.01, 60))
+    assert drift.multivariate is not None and drift.prediction is not None
+    quality = QualityResult(120, {"accuracy": 0.9})
+    report = CachedReport(b"\x1f\x8b gzipped", 123.5, 300, {"x": ColumnVerdict("ks", 1e-7, 0.4)})
+    engine = create_engine(f"sqlite:///{tmp_path / 'runs.db'}")
+    runs = RunStore(engine, "1")
+    runs.create()
+    for _ in range(25):
+        run_id = runs.save(drift, quality, report)
+    stored = runs.load(run_id)
+    assert stored is not None
+    assert stored.drift == drift and stored.quality == quality and stored.report == report
+    assert runs.newest_id() == run_id
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(runs_table)).scalar() == 20  # a bounded history
+    assert RunStore(engine, "2").newest_id() is None  # another model version's runs are its own
+
+
+def _runs(db: Path) -> int:
+    engine = create_engine(f"sqlite:///{db}")
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(runs_table)).scalar() or 0)
+    finally:
+        engine.dispose()
+
+
+def test_two_workers_run_one_job_and_serve_the_same_result(demo_dir: Path, tmp_path: Path) -> None:
+    config = config_folder(demo_dir, tmp_path, drift={"interval_seconds": 30, "min_rows": 1, "report": False})
+    with live_server(config, workers=2) as server:
+        httpx.post(f"{server.url}/predict/batch", json={"records": [GOOD] * 50}, timeout=10)
+        db = tmp_path / "predictions.db"
+        wait_until(lambda: _runs(db) >= 1, 60, what="a stored run")
+        time.sleep(3)  # both workers have ticked at start: only the lock holder ran
+        assert _runs(db) == 1
+        answers = {httpx.get(f"{server.url}/drift", timeout=10).json()["result"]["computed_at"] for _ in range(20)}
+        assert len(answers) == 1, answers  # whichever worker answered
+        scraped = {
+            line for _ in range(20)
+            for line in httpx.get(f"{server.url}/metrics", timeout=10).text.splitlines()
+            if line.startswith(("model_feature_drift_score", "model_drift_job_last_success_timestamp_seconds"))
+        }
+        assert len([x for x in scraped if x.startswith("model_drift_job_last")]) == 1, scraped
+
+
+def test_sigkill_of_the_job_runner_hands_the_job_over(demo_dir: Path, tmp_path: Path, postgres_url: str) -> None:
+    config = config_folder(demo_dir, tmp_path, database_url=postgres_url,
+                           drift={"interval_seconds": 1, "min_rows": 1, "report": False})
+    with live_server(config) as first, live_server(config) as second:
+        httpx.post(f"{first.url}/predict/batch", json={"records": [GOOD] * 50}, timeout=10)
+
+        runs_key = ("model_drift_job_runs_total", frozenset())
+
+        def runs_of(server: LiveServer) -> float:
+            return float(server.wait_for(lambda m: m if runs_key in m else None)[runs_key])
+
+        time.sleep(4)
+        counts = {s.url: runs_of(s) for s in (first, second)}
+        leader, follower = (first, second) if counts[first.url] > counts[second.url] else (second, first)
+        assert counts[follower.url] == 0, counts  # one job per deployment: the other replica ran nothing
+        engine = create_engine(postgres_url)
+        with engine.connect() as conn:
+            before = conn.execute(select(func.max(runs_table.c.id))).scalar()
+        os.kill(leader.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
+        # the survivor takes over within two intervals of the lock being freed
+        follower.wait_for(lambda m: (m.get(runs_key) or 0) >= 2, timeout=15)
+        with engine.connect() as conn:
+            assert conn.execute(select(func.max(runs_table.c.id))).scalar() > before
+        engine.dispose()
