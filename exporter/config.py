@@ -115,11 +115,18 @@ class DriftSection(_Section):
         return self
 
 
+class RetentionSection(_Section):
+    # Labels arrive late, by request_id: a prediction must outlive its label's delay, or its label is refused.
+    max_age_days: float | None = Field(default=30.0, gt=0, description="Predictions older than this are deleted.")
+    max_rows: int | None = Field(default=5_000_000, ge=1, description="Only the newest this many predictions are kept.")
+
+
 class PredictionLogSection(_Section):
     queue_size: int = Field(default=100_000, ge=1, description="Rows buffered in memory; beyond this rows are dropped and counted.")
     batch_size: int = Field(default=500, ge=1)
     flush_interval_seconds: float = Field(default=0.5, gt=0)
     shutdown_timeout_seconds: float = Field(default=30.0, gt=0)
+    retention: RetentionSection = Field(default_factory=RetentionSection)
 
 
 class AuthSection(_Section):
@@ -175,6 +182,12 @@ class Settings(BaseSettings):
             raise ValueError(f"drift.per_feature names unknown features: {', '.join(unknown)}")
         if self.target in names:
             raise ValueError(f"target {self.target!r} is also listed as a feature")
+        keep = self.prediction_log.retention.max_rows
+        if keep is not None and keep < self.drift.window_size:
+            raise ValueError(
+                f"prediction_log.retention.max_rows ({keep}) is smaller than drift.window_size ({self.drift.window_size}):"
+                " the drift window would never fill"
+            )
         if self.max_batch_records > self.prediction_log.queue_size:
             # a batch is queued whole or refused: one larger than the queue would be refused every time
             raise ValueError(

@@ -55,6 +55,10 @@ class ExporterCollector(Collector):
             value=plog.dropped,
         )
         yield _gauge("model_prediction_log_queue_rows", "Prediction rows waiting to be written.", plog.queued)
+        yield CounterMetricFamily(
+            "model_prediction_log_pruned", "Prediction rows deleted by retention (prediction_log.retention).",
+            value=s.pruned_total,
+        )
         yield CounterMetricFamily("model_feedback", "Labels received.", value=s.feedback_total)
         yield CounterMetricFamily(
             "model_feedback_dropped",

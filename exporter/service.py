@@ -33,6 +33,7 @@ from exporter.predictions import (
 )
 from exporter.quality import QualityResult, quality
 from exporter.report import CachedReport
+from exporter.retention import prune
 from exporter.schema import record_model
 from exporter.stattests import check_method
 
@@ -149,6 +150,7 @@ class Service:
         self.prediction_errors = 0
         self.feedback_total = 0
         self.feedback_replaced = 0
+        self.pruned_total = 0
         self._counter_lock = threading.Lock()
         self.job_stats = JobStats()
         self.drift_result: DriftResult | None = None
@@ -292,6 +294,13 @@ class Service:
             runner, self._runner = self._runner, None
             runner.close()
 
+    def _prune(self) -> None:
+        retention = self.settings.prediction_log.retention
+        try:
+            self.pruned_total += prune(self.store.engine, retention.max_age_days, retention.max_rows)
+        except Exception as exc:  # the database is down: the next tick tries again
+            log.warning("retention: pruning the predictions table failed: %s", exc)
+
     def serve_newest(self) -> None:
         """Serve the deployment's newest stored run if this process does not serve it yet."""
         self.deployment.serve_newest(self._publish_stored)
@@ -310,6 +319,7 @@ class Service:
             self._close_runner()  # a process that does not run the job keeps no worker process
             self.serve_newest()
             return
+        self._prune()
         started = time.monotonic()
         self.job_stats.runs += 1
         try:
