@@ -13,7 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_fastapi_instrumentator import Instrumentator, metrics
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -27,6 +27,7 @@ from exporter.scheduler import DriftScheduler
 from exporter.schema import BatchPredictionResponse, Label, Number, PredictionResponse, batch_model
 from exporter.security import BearerToken, BodySizeLimit, protected
 from exporter.service import PredictionError, Service
+from exporter.shared_metrics import WorkerCounters, multiprocess_mode
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +65,16 @@ class FeedbackAccepted(BaseModel):
 def create_app(settings: Settings, *, start_scheduler: bool = True) -> FastAPI:
     os.environ.setdefault("DO_NOT_TRACK", "1")  # no Evidently usage telemetry from a production service
     service = Service(settings)
-    registry = build_registry(service, drift=False)
+    shared = WorkerCounters(service) if multiprocess_mode() else None
+    registry = build_registry(service, drift=False, shared=shared)
     drift_text = DriftExposition(service)
     scheduler = DriftScheduler(service, settings.drift.interval_seconds)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service.start()
+        if shared is not None:
+            shared.start()
         if start_scheduler:
             scheduler.start()
         try:
@@ -78,6 +82,8 @@ def create_app(settings: Settings, *, start_scheduler: bool = True) -> FastAPI:
         finally:
             scheduler.stop()
             service.stop()
+            if shared is not None:
+                shared.stop()
 
     app = FastAPI(
         title="Model drift exporter",
@@ -101,12 +107,15 @@ def create_app(settings: Settings, *, start_scheduler: bool = True) -> FastAPI:
     app.state.registry = registry
     app.state.scheduler = scheduler
 
+    # With several workers the HTTP metrics reach /metrics through the multiprocess files (shared_metrics), not
+    # through this worker's registry, which would show this worker's share alone.
+    http_registry = CollectorRegistry(auto_describe=False) if shared is not None else registry
     Instrumentator(
         should_group_status_codes=True,
         excluded_handlers=["/metrics"],
-        registry=registry,
+        registry=http_registry,
     ).add(
-        metrics.default(latency_lowr_buckets=LATENCY_BUCKETS, registry=registry)
+        metrics.default(latency_lowr_buckets=LATENCY_BUCKETS, registry=http_registry)
     ).instrument(app)
 
     Record = service.record_model

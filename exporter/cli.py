@@ -6,7 +6,9 @@ import argparse
 import logging
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -64,17 +66,40 @@ def cmd_serve(args: argparse.Namespace) -> int:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                     timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
     else:
-        logging.getLogger("exporter").warning(
-            "--workers %d: the drift job runs once for all workers, but each worker keeps its own serving counters "
-            "and a scrape reaches one of them; prefer replicas of one worker each sharing a PostgreSQL database_url",
-            args.workers
-        )
+        # One drift job for all workers (exporter.deployment); counters summed over them through
+        # prometheus_client's multiprocess files, in a directory that starts empty (exporter.shared_metrics).
+        metrics_dir = _empty_metrics_dir()
+        logging.getLogger("exporter").info("--workers %d: counters summed over the workers in %s", args.workers,
+                                           metrics_dir)
         os.environ[CONFIG_ENV] = str(path.resolve())
-        uvicorn.run(
-            "exporter.cli:app_factory", factory=True, host=args.host, port=args.port, workers=args.workers,
-            log_level=args.log_level, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-        )
+        try:
+            uvicorn.run(
+                "exporter.cli:app_factory", factory=True, host=args.host, port=args.port, workers=args.workers,
+                log_level=args.log_level, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+            )
+        finally:
+            if metrics_dir.name.startswith(METRICS_DIR_PREFIX):
+                shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+METRICS_DIR_PREFIX = "exporter-metrics-"
+
+
+def _empty_metrics_dir() -> Path:
+    """PROMETHEUS_MULTIPROC_DIR as set (emptied: counts of an earlier run must not be added) or a fresh one."""
+    from exporter.shared_metrics import MULTIPROC_ENV
+
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        folder = Path(given)
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.db"):
+            stale.unlink()
+    else:
+        folder = Path(tempfile.mkdtemp(prefix=METRICS_DIR_PREFIX))
+        os.environ[MULTIPROC_ENV] = str(folder)
+    return folder
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from exporter.drift import DriftResult
+from exporter.shared_metrics import SHARED_NAMES, WorkerCounters, summed_collector
 
 if TYPE_CHECKING:
     from exporter.service import Service
@@ -26,13 +27,14 @@ def _gauge(name: str, doc: str, value: float | None = None, labels: list[str] | 
 class ExporterCollector(Collector):
     """Everything the service knows, read at scrape time from the Service object."""
 
-    def __init__(self, service: Service, drift: bool = True) -> None:
+    def __init__(self, service: Service, drift: bool = True, summed: frozenset[str] = frozenset()) -> None:
         self.service = service
         self.drift = drift
+        self.summed = summed  # families another collector sums over the workers (shared_metrics)
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._serving()
-        yield from self._job()
+        yield from (m for m in self._serving() if m.name not in self.summed)
+        yield from (m for m in self._job() if m.name not in self.summed)
         if self.drift:
             yield from self._drift()
         yield from self._quality()
@@ -193,10 +195,13 @@ class ExporterCollector(Collector):
             yield g
 
 
-def build_registry(service: Service, drift: bool = True) -> CollectorRegistry:
-    """The app's registry. With ``drift=False`` the per-feature drift families are left to DriftExposition."""
+def build_registry(service: Service, drift: bool = True, shared: WorkerCounters | None = None) -> CollectorRegistry:
+    """The app's registry. With ``drift=False`` the per-feature drift families are left to DriftExposition; with
+    ``shared`` (several workers) the counters and prometheus_client's own metrics are summed over the workers."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ExporterCollector(service, drift=drift))
+    registry.register(ExporterCollector(service, drift=drift, summed=SHARED_NAMES if shared else frozenset()))
+    if shared is not None:
+        registry.register(summed_collector(shared))
     registry.register(ProcessCollector(registry=None))
     return registry
 

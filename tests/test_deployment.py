@@ -18,7 +18,7 @@ from exporter.deployment import AdvisoryJobLock, FileJobLock, RunStore, job_lock
 from exporter.drift import Reference, compute_drift
 from exporter.quality import QualityResult
 from exporter.report import CachedReport, ColumnVerdict
-from tests.helpers import LiveServer, config_folder, live_server, wait_until
+from tests.helpers import LiveServer, config_folder, live_server, parse_metrics, sample, wait_until
 from tests.test_api import GOOD
 
 
@@ -96,6 +96,18 @@ def test_two_workers_run_one_job_and_serve_the_same_result(demo_dir: Path, tmp_p
             if line.startswith(("model_feature_drift_score", "model_drift_job_last_success_timestamp_seconds"))
         }
         assert len([x for x in scraped if x.startswith("model_drift_job_last")]) == 1, scraped
+
+        # Counters are the sum over the workers, the same on every scrape, whichever worker answers.
+        with httpx.Client(timeout=10) as client:  # new connections: the kernel spreads them over the workers
+            for _ in range(30):
+                assert client.post(f"{server.url}/predict", json=GOOD, headers={"connection": "close"}).status_code == 200
+        time.sleep(1.5)  # the other worker's counts reach the shared files within 0.5 s
+        for _ in range(10):
+            metrics = parse_metrics(httpx.get(f"{server.url}/metrics", timeout=10).text)
+            assert sample(metrics, "model_predictions_total") == 80
+            http = sum(v for (name, labels), v in metrics.items()
+                       if name == "http_requests_total" and dict(labels).get("handler") == "/predict")
+            assert http == 30
 
 
 def test_sigkill_of_the_job_runner_hands_the_job_over(demo_dir: Path, tmp_path: Path, postgres_url: str) -> None:
