@@ -180,7 +180,9 @@ class RunStore:
         row = {"model_version": self.model_version, "created_at": time.time(), "result": json.dumps(doc),
                "report": None if report is None else report.gzipped}
         with self.engine.begin() as conn:
-            run_id = int(conn.execute(runs_table.insert().values(**row)).inserted_primary_key[0])
+            key = conn.execute(runs_table.insert().values(**row)).inserted_primary_key
+            assert key is not None  # an autoincrement primary key
+            run_id = int(key[0])
             conn.execute(runs_table.delete().where(runs_table.c.model_version == self.model_version,
                                                    runs_table.c.id <= run_id - KEEP_RUNS))
         return run_id
