@@ -113,24 +113,27 @@ def test_two_workers_run_one_job_and_serve_the_same_result(demo_dir: Path, tmp_p
 def test_sigkill_of_the_job_runner_hands_the_job_over(demo_dir: Path, tmp_path: Path, postgres_url: str) -> None:
     config = config_folder(demo_dir, tmp_path, database_url=postgres_url,
                            drift={"interval_seconds": 1, "min_rows": 1, "report": False})
-    with live_server(config) as first, live_server(config) as second:
-        httpx.post(f"{first.url}/predict/batch", json={"records": [GOOD] * 50}, timeout=10)
+    engine = create_engine(postgres_url)
 
-        runs_key = ("model_drift_job_runs_total", frozenset())
-
-        def runs_of(server: LiveServer) -> float:
-            return float(server.wait_for(lambda m: m if runs_key in m else None)[runs_key])
-
-        time.sleep(4)
-        counts = {s.url: runs_of(s) for s in (first, second)}
-        leader, follower = (first, second) if counts[first.url] > counts[second.url] else (second, first)
-        assert counts[follower.url] == 0, counts  # one job per deployment: the other replica ran nothing
-        engine = create_engine(postgres_url)
+    def newest() -> int | None:
         with engine.connect() as conn:
-            before = conn.execute(select(func.max(runs_table.c.id))).scalar()
-        os.kill(leader.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
-        # the survivor takes over within two intervals of the lock being freed
-        follower.wait_for(lambda m: (m.get(runs_key) or 0) >= 2, timeout=15)
-        with engine.connect() as conn:
-            assert conn.execute(select(func.max(runs_table.c.id))).scalar() > before
+            return conn.execute(select(func.max(runs_table.c.id))).scalar()
+
+    runs_key = ("model_drift_job_runs_total", frozenset())
+
+    def runs_of(server: LiveServer) -> float:
+        return float(server.wait_for(lambda m: m if runs_key in m else None)[runs_key])
+
+    try:
+        with live_server(config) as first, live_server(config) as second:
+            httpx.post(f"{first.url}/predict/batch", json={"records": [GOOD] * 50}, timeout=10)
+            before = wait_until(newest, 90, what="a stored run")  # the first run includes its worker's start
+            counts = {s.url: runs_of(s) for s in (first, second)}
+            leader, follower = (first, second) if counts[first.url] > counts[second.url] else (second, first)
+            assert counts[follower.url] == 0, counts  # one job per deployment: the other replica ran nothing
+            os.kill(leader.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
+            # the database frees the dead session's lock; the survivor takes the job at its next tick
+            wait_until(lambda: (newest() or 0) > before, 90, what="a run stored by the surviving replica")
+            assert runs_of(follower) >= 1
+    finally:
         engine.dispose()
