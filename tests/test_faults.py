@@ -22,12 +22,14 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, func, select
 
 from exporter.demo import Traffic
+from exporter.deployment import runs_table
 from exporter.predictions import predictions_table
-from tests.helpers import LiveServer, config_folder, sample, wait_until
+from tests.helpers import LiveServer, config_folder, live_server, sample, wait_until
 from tests.pg_private import PrivatePostgres
+from tests.test_api import GOOD
 
 GRACEFUL_TIMEOUT = 30.0  # uvicorn's timeout_graceful_shutdown in `exporter serve`
 OUTAGE_SECONDS = 30.0  # the issue's "about 30 s" database outage
@@ -341,3 +343,49 @@ def test_database_down_at_start_up_then_everything_written(pg: PrivatePostgres, 
         server.stop()
     assert sample(metrics, "model_prediction_log_dropped_total") == 0
     assert sorted(table_request_ids(database_url)) == sorted(tally.answered_ids)
+
+
+def test_outage_with_two_replicas_resumes_one_job_and_loses_nothing(
+    pg: PrivatePostgres, demo_dir: Path, tmp_path: Path
+) -> None:
+    """Two replicas on one PostgreSQL through a 10 s outage: every answered row is written afterwards, and the
+    deployment goes back to one drift job, storing runs again."""
+    database_url = pg.create_database()
+    config = config_folder(demo_dir, tmp_path, database_url=database_url,
+                           drift={"interval_seconds": 1, "min_rows": 1, "report": False})
+    engine = create_engine(database_url, pool_pre_ping=True)  # its connections do not survive the restart
+
+    def stored_runs() -> int:
+        with engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(runs_table)).scalar() or 0)
+
+    answered = 0
+    try:
+        with live_server(config) as first, live_server(config) as second:
+            for server in (first, second):
+                answered += len(httpx.post(f"{server.url}/predict/batch", json={"records": [GOOD] * 20},
+                                           timeout=10).json()["predictions"])
+            wait_until(stored_runs, 90, what="a stored run before the outage")
+            pg.stop("fast")
+            time.sleep(10)
+            for server in (first, second):  # answered from memory while the database is down
+                answered += len(httpx.post(f"{server.url}/predict/batch", json={"records": [GOOD] * 20},
+                                           timeout=10).json()["predictions"])
+            pg.start()
+            before = stored_runs()
+            wait_until(lambda: stored_runs() > before, 90, what="runs stored again after the outage")
+            written = sum(
+                s.wait_for(lambda m: m if sample(m, "model_prediction_log_queue_rows") == 0 else None, timeout=60)
+                .get(("model_prediction_log_written_total", frozenset()), 0)
+                for s in (first, second)
+            )
+            assert written == answered == 80
+            runs = [float(s.wait_for(lambda m: m)[("model_drift_job_runs_total", frozenset())]) for s in (first, second)]
+            time.sleep(3)
+            later = [float(s.wait_for(lambda m: m)[("model_drift_job_runs_total", frozenset())]) for s in (first, second)]
+            assert sum(b > a for a, b in zip(runs, later, strict=True)) == 1, (runs, later)  # one job again
+            with engine.connect() as conn:
+                assert conn.execute(select(func.count()).select_from(predictions_table)).scalar() == 80
+    finally:
+        engine.dispose()
+    assert sum(runs) >= 2, runs
