@@ -39,6 +39,7 @@ from exporter.report import CachedReport, ColumnVerdict
 log = logging.getLogger(__name__)
 
 KEEP_RUNS = 20  # the newest runs kept in drift_runs (a bounded history)
+CHECK_SECONDS = 1.0  # how often a process looks for a newer stored run
 metadata = MetaData()
 runs_table = Table(
     "drift_runs",
@@ -225,6 +226,7 @@ class Deployment:
         self.served_id: int | None = None
         self.leader = False
         self._serving = threading.Lock()
+        self._checked = -CHECK_SECONDS
 
     def lead(self) -> bool:
         """Take or keep the job lock; False when another process of the deployment holds it."""
@@ -234,10 +236,13 @@ class Deployment:
         self.leader = held
         return held
 
-    def serve_newest(self, publish: Callable[[StoredRun], None]) -> None:
+    def serve_newest(self, publish: Callable[[StoredRun], None], force: bool = False) -> None:
         """Hand the newest stored run to ``publish`` if it is newer than the one served (nothing when the database
         is down). One at a time: a request thread and the job's thread never publish out of order."""
         with self._serving:
+            if not force and time.monotonic() - self._checked < CHECK_SECONDS:  # requests ask often: once a second
+                return
+            self._checked = time.monotonic()
             try:
                 newest = self.runs.newest_id()
                 if newest is None or (self.served_id is not None and newest <= self.served_id):

@@ -301,9 +301,11 @@ class Service:
         except Exception as exc:  # the database is down: the next tick tries again
             log.warning("retention: pruning the predictions table failed: %s", exc)
 
-    def serve_newest(self) -> None:
-        """Serve the deployment's newest stored run if this process does not serve it yet."""
-        self.deployment.serve_newest(self._publish_stored)
+    def serve_newest(self, force: bool = False) -> None:
+        """Serve the deployment's newest stored run if this process does not serve it yet (not while the database
+        is known to be down: a scrape must not wait for a connection timeout)."""
+        if self.prediction_log.database_up:
+            self.deployment.serve_newest(self._publish_stored, force)
 
     def _publish_stored(self, run: StoredRun) -> None:
         # whole objects replaced: readers see one run or the next, never a mix
@@ -345,7 +347,7 @@ class Service:
             self.job_stats.report_failures += 1
             log.error("drift report failed: %s", output.report_error)
         self.job_stats.last_success = time.time()
-        self.serve_newest()  # the stored copy, as every other process serves it (and its stored time)
+        self.serve_newest(force=True)  # the stored copy, as every other process serves it (and its stored time)
         self.job_stats.last_error = None
         self.job_stats.last_duration = output.compute_seconds
         self.job_stats.last_report_duration = output.report_seconds
