@@ -27,7 +27,7 @@ from exporter.scheduler import DriftScheduler
 from exporter.schema import BatchPredictionResponse, Label, Number, PredictionResponse, batch_model
 from exporter.security import BearerToken, BodySizeLimit, protected
 from exporter.service import PredictionError, Service
-from exporter.shared_metrics import WorkerCounters, multiprocess_mode
+from exporter.shared_metrics import WorkerCounters, multiprocess_mode, summed_collector
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def create_app(settings: Settings, *, start_scheduler: bool = True) -> FastAPI:
     os.environ.setdefault("DO_NOT_TRACK", "1")  # no Evidently usage telemetry from a production service
     service = Service(settings)
     shared = WorkerCounters(service) if multiprocess_mode() else None
-    registry = build_registry(service, drift=False, shared=shared)
+    registry = build_registry(service, drift=False, shared=summed_collector(shared) if shared else None)
     drift_text = DriftExposition(service)
     scheduler = DriftScheduler(service, settings.drift.interval_seconds)
 

@@ -4,7 +4,8 @@ mixes two runs and a feature that disappears stops being exported."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
@@ -12,7 +13,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from exporter.drift import DriftResult
-from exporter.shared_metrics import SHARED_NAMES, WorkerCounters, summed_collector
 
 if TYPE_CHECKING:
     from exporter.service import Service
@@ -22,6 +22,56 @@ def _gauge(name: str, doc: str, value: float | None = None, labels: list[str] | 
     if labels is not None:
         return GaugeMetricFamily(name, doc, labels=labels)
     return GaugeMetricFamily(name, doc, value=value)
+
+
+@dataclass(frozen=True)
+class ServiceCounter:
+    """A counter each process keeps as a plain number; with several workers it is summed over them."""
+
+    name: str
+    help: str
+    value: Callable[[Service], float]
+
+
+COUNTERS = (
+    ServiceCounter("model_predictions", "Rows predicted (a batch counts its rows).", lambda s: s.predictions_total),
+    ServiceCounter(
+        "model_prediction_errors",
+        "Valid requests the model refused or answered with a non-finite value (answered 422).",
+        lambda s: s.prediction_errors,
+    ),
+    ServiceCounter("model_prediction_log_written", "Prediction rows persisted.", lambda s: s.prediction_log.written),
+    ServiceCounter(
+        "model_prediction_log_dropped", "Prediction rows lost (queue full or not written at shutdown).",
+        lambda s: s.prediction_log.dropped,
+    ),
+    ServiceCounter(
+        "model_prediction_log_pruned", "Prediction rows deleted by retention (prediction_log.retention).",
+        lambda s: s.pruned_total,
+    ),
+    ServiceCounter("model_feedback", "Labels received.", lambda s: s.feedback_total),
+    ServiceCounter(
+        "model_feedback_dropped",
+        "Labels accepted but not stored (refused by the database, their prediction row lost, or not written "
+        "before shutdown).",
+        lambda s: s.prediction_log.labels_dropped,
+    ),
+    ServiceCounter(
+        "model_feedback_replaced", "Labels that replaced a different earlier label.", lambda s: s.feedback_replaced
+    ),
+    ServiceCounter("model_drift_job_runs", "Drift job runs.", lambda s: s.job_stats.runs),
+    ServiceCounter("model_drift_job_failures", "Drift job runs that failed.", lambda s: s.job_stats.failures),
+    ServiceCounter(
+        "model_drift_job_timeouts", "Drift job runs abandoned after drift.timeout_seconds.",
+        lambda s: s.job_stats.timeouts,
+    ),
+    ServiceCounter(
+        "model_drift_report_failures", "Runs whose HTML report could not be built.",
+        lambda s: s.job_stats.report_failures,
+    ),
+)
+QUEUE_GAUGE, QUEUE_HELP = "model_prediction_log_queue_rows", "Prediction rows waiting to be written."
+SHARED_NAMES = frozenset({c.name for c in COUNTERS} | {QUEUE_GAUGE})  # the families summed over the workers
 
 
 class ExporterCollector(Collector):
@@ -44,45 +94,13 @@ class ExporterCollector(Collector):
         info = GaugeMetricFamily("model_info", "The served model; always 1.", labels=["name", "version", "reference_hash"])
         info.add_metric([s.settings.model.name, s.settings.model.version, s.reference.hash], 1)
         yield info
-        yield CounterMetricFamily("model_predictions", "Rows predicted (a batch counts its rows).", value=s.predictions_total)
-        yield CounterMetricFamily(
-            "model_prediction_errors",
-            "Valid requests the model refused or answered with a non-finite value (answered 422).",
-            value=s.prediction_errors,
-        )
-        plog = s.prediction_log
-        yield CounterMetricFamily("model_prediction_log_written", "Prediction rows persisted.", value=plog.written)
-        yield CounterMetricFamily(
-            "model_prediction_log_dropped", "Prediction rows lost (queue full or not written at shutdown).",
-            value=plog.dropped,
-        )
-        yield _gauge("model_prediction_log_queue_rows", "Prediction rows waiting to be written.", plog.queued)
-        yield CounterMetricFamily(
-            "model_prediction_log_pruned", "Prediction rows deleted by retention (prediction_log.retention).",
-            value=s.pruned_total,
-        )
-        yield CounterMetricFamily("model_feedback", "Labels received.", value=s.feedback_total)
-        yield CounterMetricFamily(
-            "model_feedback_dropped",
-            "Labels accepted but not stored (refused by the database, their prediction row lost, or not written "
-            "before shutdown).",
-            value=plog.labels_dropped,
-        )
-        yield CounterMetricFamily(
-            "model_feedback_replaced", "Labels that replaced a different earlier label.", value=s.feedback_replaced
-        )
+        for counter in COUNTERS:
+            yield CounterMetricFamily(counter.name, counter.help, value=counter.value(s))
+        yield _gauge(QUEUE_GAUGE, QUEUE_HELP, s.prediction_log.queued)
 
     def _job(self) -> Iterator[Metric]:
         job = self.service.job_stats
         cfg = self.service.settings.drift
-        yield CounterMetricFamily("model_drift_job_runs", "Drift job runs.", value=job.runs)
-        yield CounterMetricFamily("model_drift_job_failures", "Drift job runs that failed.", value=job.failures)
-        yield CounterMetricFamily(
-            "model_drift_job_timeouts", "Drift job runs abandoned after drift.timeout_seconds.", value=job.timeouts
-        )
-        yield CounterMetricFamily(
-            "model_drift_report_failures", "Runs whose HTML report could not be built.", value=job.report_failures
-        )
         yield _gauge(
             "model_drift_job_last_success_timestamp_seconds",
             "Unix time of the last successful drift job run (0: none yet).",
@@ -195,13 +213,14 @@ class ExporterCollector(Collector):
             yield g
 
 
-def build_registry(service: Service, drift: bool = True, shared: WorkerCounters | None = None) -> CollectorRegistry:
+def build_registry(service: Service, drift: bool = True, shared: Collector | None = None) -> CollectorRegistry:
     """The app's registry. With ``drift=False`` the per-feature drift families are left to DriftExposition; with
-    ``shared`` (several workers) the counters and prometheus_client's own metrics are summed over the workers."""
+    ``shared`` (several workers: shared_metrics.summed_collector) the counters and prometheus_client's own metrics
+    are summed over the workers."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ExporterCollector(service, drift=drift, summed=SHARED_NAMES if shared else frozenset()))
     if shared is not None:
-        registry.register(summed_collector(shared))
+        registry.register(shared)
     registry.register(ProcessCollector(registry=None))
     return registry
 
