@@ -171,14 +171,16 @@ class RunStore:
     def create(self) -> None:
         metadata.create_all(self.engine)
 
-    def save(self, drift: DriftResult, quality: QualityResult | None, report: CachedReport | None) -> int:
+    def save(self, drift: DriftResult, quality: QualityResult | None, report: CachedReport | None,
+             created_at: float | None = None) -> int:
         doc = {
             "drift": asdict(drift),
             "quality": None if quality is None else asdict(quality),
             "report": None if report is None else {"built_at": report.built_at, "window_rows": report.window_rows,
                                                    "columns": {k: asdict(v) for k, v in report.columns.items()}},
         }
-        row = {"model_version": self.model_version, "created_at": time.time(), "result": json.dumps(doc),
+        row = {"model_version": self.model_version, "created_at": time.time() if created_at is None else created_at,
+               "result": json.dumps(doc),
                "report": None if report is None else report.gzipped}
         with self.engine.begin() as conn:
             key = conn.execute(runs_table.insert().values(**row)).inserted_primary_key

@@ -18,11 +18,10 @@ from typing import Any
 import pandas as pd
 
 from exporter.config import Settings
-from exporter.deployment import Deployment, RunStore, StoredRun, job_lock
 from exporter.drift import CATEGORICAL, NUMERICAL, DriftResult, MethodOverride, Reference
+from exporter.drift_job import DriftJob
 from exporter.features import FeatureTypeError, FeatureTypes, read_reference
 from exporter.guard import RequestPathError, check_request_path
-from exporter.job import InProcessRunner, JobError, JobSpec, JobTimeout, WorkerRunner
 from exporter.model import Model, Predictions
 from exporter.predictions import (
     LabelUpdate,
@@ -33,7 +32,6 @@ from exporter.predictions import (
 )
 from exporter.quality import QualityResult, quality
 from exporter.report import CachedReport
-from exporter.retention import prune
 from exporter.schema import record_model
 from exporter.stattests import check_method
 
@@ -160,10 +158,7 @@ class Service:
             name: MethodOverride(cfg.method, cfg.threshold) for name, cfg in settings.drift.per_feature.items()
         }
         self.prediction_override = MethodOverride(settings.drift.prediction.method, settings.drift.prediction.threshold)
-        self._runner: InProcessRunner | WorkerRunner | None = None
-        version = settings.model.version
-        self.deployment = Deployment(job_lock(settings.resolved_database_url, settings.model.name, version),
-                                     RunStore(self.store.engine, version))
+        self.drift_job = DriftJob(self)
         # Said once everything else has held, so that a refused start prints its one error line only.
         log.info("request path checked: %d reference rows get the model's own answers through /predict", checked)
 
@@ -185,7 +180,7 @@ class Service:
     def start(self) -> None:
         try:
             self.store.create_schema()
-            self.deployment.runs.create()
+            self.drift_job.deployment.runs.create()
             self.prediction_log.schema_ready = True
         except Exception as exc:
             # The writer creates the table once the database is reachable; readiness reports it down meanwhile.
@@ -195,8 +190,7 @@ class Service:
 
     def stop(self) -> None:
         try:
-            self._close_runner()
-            self.deployment.close()
+            self.drift_job.close()
         except Exception:  # whatever stopping the drift job does, the prediction log is flushed
             log.exception("stopping the drift job failed")
         finally:
@@ -262,95 +256,12 @@ class Service:
             )
         return True
 
-    # -- drift job ---------------------------------------------------------------------------------------------
-    def job_spec(self) -> JobSpec:
-        cfg = self.settings.drift
-        return JobSpec(
-            reference=self.reference,
-            database_url=self.store.url,
-            window_size=cfg.window_size,
-            window_seconds=cfg.window_seconds,
-            min_rows=cfg.min_rows,
-            drift_share=cfg.drift_share,
-            report=cfg.report,
-            task=self.settings.model.task,
-            classes=self.model.classes,
-            with_quality=self.settings.target is not None,
-            model_version=self.settings.model.version,
-            overrides=self.overrides,
-            prediction_override=self.prediction_override,
-            alpha=cfg.alpha,
-        )
-
-    @property
-    def runner(self) -> InProcessRunner | WorkerRunner:
-        if self._runner is None:
-            spec = self.job_spec()
-            self._runner = WorkerRunner(spec) if self.settings.drift.isolation == "process" else InProcessRunner(spec)
-        return self._runner
-
-    def _close_runner(self) -> None:
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            runner.close()
-
-    def _prune(self) -> None:
-        retention = self.settings.prediction_log.retention
-        try:
-            self.pruned_total += prune(self.store.engine, retention.max_age_days, retention.max_rows)
-        except Exception as exc:  # the database is down: the next tick tries again
-            log.warning("retention: pruning the predictions table failed: %s", exc)
-
-    def serve_newest(self, force: bool = False) -> None:
-        """Serve the deployment's newest stored run if this process does not serve it yet (not while the database
-        is known to be down: a scrape must not wait for a connection timeout)."""
-        if self.prediction_log.database_up:
-            self.deployment.serve_newest(self._publish_stored, force)
-
-    def _publish_stored(self, run: StoredRun) -> None:
-        # whole objects replaced: readers see one run or the next, never a mix
-        self.drift_result, self.quality_result = run.drift, run.quality
-        if run.report is not None:
-            self.report = run.report
-        self.job_stats.last_success = run.created_at
-
+    # -- drift job (exporter.drift_job) ------------------------------------------------------------------------
     def run_drift_job(self) -> None:
-        """One tick: the deployment's job lock held, a run (window -> drift, quality, report -> stored -> served);
-        else the newest run another process stored is served. Never raises; failures are counted."""
-        if not self.deployment.lead():
-            self._close_runner()  # a process that does not run the job keeps no worker process
-            self.serve_newest()
-            return
-        self._prune()
-        started = time.monotonic()
-        self.job_stats.runs += 1
-        try:
-            output = self.runner.run(self.settings.drift.timeout_seconds)
-        except JobError as exc:
-            self.job_stats.failures += 1
-            if isinstance(exc, JobTimeout):
-                self.job_stats.timeouts += 1
-            self.job_stats.last_error = str(exc)
-            self.job_stats.last_duration = time.monotonic() - started
-            log.error("drift job failed: %s", exc)
-            return
-        try:
-            self.deployment.runs.save(output.drift, output.quality, output.report or self.report)
-        except Exception as exc:  # the database is down: this process serves its run; the others keep theirs
-            log.error("drift job: the run could not be stored, so other processes do not see it: %s", exc)
-        # Publish by replacing whole objects: readers see one run or the next, never a mix.
-        self.drift_result = output.drift
-        self.quality_result = output.quality
-        if output.report is not None:
-            self.report = output.report
-        if output.report_error is not None:
-            self.job_stats.report_failures += 1
-            log.error("drift report failed: %s", output.report_error)
-        self.job_stats.last_success = time.time()
-        self.serve_newest(force=True)  # the stored copy, as every other process serves it (and its stored time)
-        self.job_stats.last_error = None
-        self.job_stats.last_duration = output.compute_seconds
-        self.job_stats.last_report_duration = output.report_seconds
+        self.drift_job.tick()
+
+    def serve_newest(self) -> None:
+        self.drift_job.serve_newest()
 
     def readiness(self) -> dict[str, bool]:
         return {

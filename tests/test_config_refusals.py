@@ -238,7 +238,7 @@ def test_worker_that_never_gets_ready_is_a_failed_run_and_killed(demo_dir: Path,
     config = config_folder(demo_dir, tmp_path, drift={"min_rows": 1})
     service = Service(load_settings(config))
     service.store.create_schema()
-    runner = WorkerRunner(service.job_spec())
+    runner = WorkerRunner(service.drift_job.spec())
     try:
         runner.startup_timeout = 0.01  # no worker process imports pandas that fast
         with pytest.raises(JobError, match=r"not ready within 0\.01s.*killed"):

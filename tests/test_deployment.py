@@ -81,7 +81,9 @@ def _runs(db: Path) -> int:
 
 
 def test_two_workers_run_one_job_and_serve_the_same_result(demo_dir: Path, tmp_path: Path) -> None:
-    config = config_folder(demo_dir, tmp_path, drift={"interval_seconds": 30, "min_rows": 1, "report": False})
+    # One run, at start: a first run on a loaded machine can take most of a short interval, and a second run
+    # during the scrapes below would show two (correct) timestamps.
+    config = config_folder(demo_dir, tmp_path, drift={"interval_seconds": 600, "min_rows": 1, "report": False})
     with live_server(config, workers=2) as server:
         httpx.post(f"{server.url}/predict/batch", json={"records": [GOOD] * 50}, timeout=10)
         db = tmp_path / "predictions.db"

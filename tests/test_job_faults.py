@@ -84,7 +84,7 @@ def test_failed_run_keeps_last_success_and_counts(client: TestClient, monkeypatc
     metrics, _ = run(client)
     last_success = sample(metrics, "model_drift_job_last_success_timestamp_seconds")
     service = client.app.state.service  # type: ignore[attr-defined]
-    monkeypatch.setattr(service.runner.store, "window", lambda *a, **k: (_ for _ in ()).throw(OSError("disk gone")))
+    monkeypatch.setattr(service.drift_job.runner.store, "window", lambda *a, **k: (_ for _ in ()).throw(OSError("disk gone")))
     metrics, body = run(client)
     assert sample(metrics, "model_drift_job_failures_total") == 1
     assert sample(metrics, "model_drift_job_runs_total") == 2

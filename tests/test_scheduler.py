@@ -63,7 +63,7 @@ def test_overrunning_run_is_abandoned_counted_and_next_run_recovers(demo_dir: Pa
         service.run_drift_job()  # building the HTML report alone takes longer than 50 ms
         assert service.job_stats.failures == 1 and service.job_stats.timeouts == 1
         assert "timeout" in (service.job_stats.last_error or "")
-        assert not service.runner._proc.is_alive()  # abandoned: the worker was killed
+        assert not service.drift_job.runner._proc.is_alive()  # abandoned: the worker was killed
         assert service.drift_result is None and service.job_stats.last_success == 0
         service.settings.drift.timeout_seconds = 120
         deadline = time.monotonic() + 10
@@ -72,7 +72,7 @@ def test_overrunning_run_is_abandoned_counted_and_next_run_recovers(demo_dir: Pa
         service.run_drift_job()
         assert service.job_stats.failures == 1 and service.job_stats.runs == 2
         assert service.drift_result is not None and service.drift_result.window_rows == 1
-        assert service.runner.restarts == 1
+        assert service.drift_job.runner.restarts == 1
         text = client.get("/metrics").text
         assert "model_drift_job_timeouts_total 1.0" in text
         assert "model_drift_job_failures_total 1.0" in text
