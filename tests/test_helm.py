@@ -14,6 +14,7 @@ never skips them.
 
 from __future__ import annotations
 
+import ast
 import base64
 import json
 import os
@@ -59,6 +60,7 @@ def _find_helm() -> Path | None:
 
 
 HELM = _find_helm()
+SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: the dashboards make 200 KB of YAML
 
 
 def _helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -79,7 +81,7 @@ def _values_args(case: str) -> list[str]:
 @cache
 def _render(chart: str, *args: str) -> tuple[dict[str, Any], ...]:
     out = _helm("template", RELEASE, chart, "--namespace", NAMESPACE, *args).stdout
-    return tuple(doc for doc in yaml.safe_load_all(out) if doc)
+    return tuple(doc for doc in yaml.load_all(out, Loader=SafeLoader) if doc)
 
 
 def render(case: str = "defaults", *sets: str) -> list[dict[str, Any]]:
@@ -252,6 +254,15 @@ def _parse_args(c: dict[str, Any]) -> Any:
     return build_parser().parse_args(c["args"])
 
 
+def _demo_config() -> str:
+    """exporter.demo.CONFIG_TEMPLATE, read from the source: importing the module (scikit-learn) takes seconds."""
+    tree = ast.parse((REPO / "exporter" / "demo" / "__init__.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["CONFIG_TEMPLATE"]:
+            return str(ast.literal_eval(node.value))
+    raise AssertionError("exporter/demo/__init__.py has no CONFIG_TEMPLATE")
+
+
 def _secret_value(docs: list[dict[str, Any]], env_name: str, ref: dict[str, str]) -> str:
     for secret in of_kind(docs, "Secret"):
         if secret["metadata"]["name"] == ref["name"]:
@@ -287,9 +298,7 @@ def test_the_container_is_a_valid_exporter_serve(case: str, tmp_path: Path, monk
         real_dir = str(config.parent)
         assert yaml.safe_load(configmap["data"][config.name]) == ci_values(case)["config"]
     else:
-        from exporter.demo import CONFIG_TEMPLATE  # no config: the demo, written into EXPORTER_DATA_DIR
-
-        (tmp_path / "config.yaml").write_text(CONFIG_TEMPLATE)
+        (tmp_path / "config.yaml").write_text(_demo_config())  # no config: the demo's, in EXPORTER_DATA_DIR
         real_dir = env["EXPORTER_DATA_DIR"]
 
     for name in [n for n in os.environ if n.startswith("EXPORTER_")]:
