@@ -95,9 +95,10 @@ def rules_text(path: Path) -> str:
     return _rewrite_keys(path.read_text(), ("for",), scaled)
 
 
-def prometheus_text(app: str, alertmanager: str, prometheus: str) -> str:
+def prometheus_text(apps: list[str], alertmanager: str, prometheus: str) -> str:
+    """The shipped prometheus.yml scraping ``apps`` (host:port each) as its exporter job."""
     text = PROMETHEUS_YML.read_text()
-    text = _substitute(text, APP_TARGET, f'"{app}"', PROMETHEUS_YML)
+    text = _substitute(text, APP_TARGET, ", ".join(f'"{app}"' for app in apps), PROMETHEUS_YML)
     text = _substitute(text, ALERTMANAGER_TARGET, f'"{alertmanager}"', PROMETHEUS_YML)
     text = _substitute(text, PROMETHEUS_SELF_TARGET, f'"{prometheus}"', PROMETHEUS_YML)
     return _rewrite_keys(text, ("scrape_interval", "evaluation_interval"), lambda _: SCRAPE_INTERVAL)
@@ -115,8 +116,12 @@ _INTERVAL_VALUE = re.compile(
 _ADDRESS_LITERAL = re.compile(r'"(?:http://)?[A-Za-z0-9.-]+:\d+(?:/[^"]*)?"')
 
 
+_ADDRESS_LIST = re.compile(r'"<address>"(?:, "<address>")+')  # one target written as several (replicas)
+
+
 def _normalise(line: str) -> str:
-    return _ADDRESS_LITERAL.sub('"<address>"', _INTERVAL_VALUE.sub(r"\g<key><duration>", line))
+    line = _ADDRESS_LITERAL.sub('"<address>"', _INTERVAL_VALUE.sub(r"\g<key><duration>", line))
+    return _ADDRESS_LIST.sub('"<address>"', line)
 
 
 def check_only_intervals_and_hosts_changed(original: str, rewritten: str, where: str) -> list[tuple[str, str]]:
@@ -129,14 +134,14 @@ def check_only_intervals_and_hosts_changed(original: str, rewritten: str, where:
     return changes
 
 
-def write_prometheus_config(dest: Path, app: str, alertmanager: str, prometheus: str) -> Path:
+def write_prometheus_config(dest: Path, apps: list[str], alertmanager: str, prometheus: str) -> Path:
     """prometheus.yml and rules/*.yml in ``dest`` (the shipped rule_files glob is relative to the config)."""
     (dest / "rules").mkdir(parents=True, exist_ok=True)
     for path in RULE_FILES:
         text = rules_text(path)
         check_only_intervals_and_hosts_changed(path.read_text(), text, str(path))
         (dest / "rules" / path.name).write_text(text)
-    text = prometheus_text(app, alertmanager, prometheus)
+    text = prometheus_text(apps, alertmanager, prometheus)
     check_only_intervals_and_hosts_changed(PROMETHEUS_YML.read_text(), text, str(PROMETHEUS_YML))
     config = dest / "prometheus.yml"
     config.write_text(text)
@@ -275,11 +280,19 @@ class Stack:
 @contextlib.contextmanager
 def running_stack(config: Path, workdir: Path) -> Iterator[Stack]:
     """App, webhook sink, Alertmanager and Prometheus, all on 127.0.0.1; everything stopped on exit."""
-    prometheus_bin = require_binary(*PROMETHEUS_BIN)
-    alertmanager_bin = require_binary(*ALERTMANAGER_BIN)
     with contextlib.ExitStack() as stack:
         app = LiveServer(config).start()
         stack.callback(app.stop)
+        yield stack.enter_context(monitoring([app], workdir))
+
+
+@contextlib.contextmanager
+def monitoring(apps: list[LiveServer], workdir: Path) -> Iterator[Stack]:
+    """Webhook sink, Alertmanager and a Prometheus scraping every one of ``apps`` (replicas of one deployment, as
+    one scrape job); stopped on exit. The Stack's ``app`` is the first."""
+    prometheus_bin = require_binary(*PROMETHEUS_BIN)
+    alertmanager_bin = require_binary(*ALERTMANAGER_BIN)
+    with contextlib.ExitStack() as stack:
         sink = WebhookSink().start()
         stack.callback(sink.stop)
 
@@ -304,7 +317,7 @@ def running_stack(config: Path, workdir: Path) -> Iterator[Stack]:
         prom_port = free_port()
         prom_dir = workdir / "prometheus"
         prom_config = write_prometheus_config(
-            prom_dir, f"127.0.0.1:{app.port}", f"127.0.0.1:{am_port}", f"127.0.0.1:{prom_port}"
+            prom_dir, [f"127.0.0.1:{app.port}" for app in apps], f"127.0.0.1:{am_port}", f"127.0.0.1:{prom_port}"
         )
         prometheus = Prometheus(
             "prometheus",
@@ -321,8 +334,8 @@ def running_stack(config: Path, workdir: Path) -> Iterator[Stack]:
         stack.callback(prometheus.stop)
         prometheus.start()
 
-        result = Stack(app, sink, alertmanager, prometheus)
-        # Prometheus has found Alertmanager and scrapes the app: otherwise the first alerts would be dropped.
+        result = Stack(apps[0], sink, alertmanager, prometheus)
+        # Prometheus has found Alertmanager and scrapes the apps: otherwise the first alerts would be dropped.
         wait_until(
             lambda: any(
                 am["url"].startswith(alertmanager.url) for am in prometheus.api("alertmanagers")["activeAlertmanagers"]
@@ -330,7 +343,8 @@ def running_stack(config: Path, workdir: Path) -> Iterator[Stack]:
             30, "Prometheus did not discover Alertmanager", result,
         )
         wait_until(
-            lambda: prometheus.query('up{job="exporter"} == 1'), 30, "Prometheus does not scrape the app", result
+            lambda: len(prometheus.query('up{job="exporter"} == 1')) == len(apps), 30,
+            "Prometheus does not scrape every app", result,
         )
         yield result
 

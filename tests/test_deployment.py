@@ -140,5 +140,12 @@ def test_sigkill_of_the_job_runner_hands_the_job_over(demo_dir: Path, tmp_path: 
             # the database frees the dead session's lock; the survivor takes the job at its next tick
             wait_until(lambda: (newest() or 0) > (before or 0), 90, what="a run stored by the surviving replica")
             follower.wait_for(lambda m: (m.get(runs_key) or 0) >= 1, timeout=30)
+            # The killed replica restarts and joins as a follower: it runs nothing and serves the stored runs.
+            with live_server(config) as restarted:
+                taken = newest()
+                wait_until(lambda: (newest() or 0) >= (taken or 0) + 2, 60, what="two more runs")
+                restarted_runs = restarted.metrics()
+                assert restarted_runs.get(runs_key) == 0
+                assert (restarted_runs.get(("model_drift_job_last_success_timestamp_seconds", frozenset())) or 0) > 0
     finally:
         engine.dispose()

@@ -94,7 +94,7 @@ def test_stack_configs_differ_from_the_shipped_files_only_in_hosts_and_intervals
         changes = check_only_intervals_and_hosts_changed(path.read_text(), rules_text(path), path.name)
         assert changes and all(b.strip().startswith("for:") for _, b in changes), path.name
     changes = check_only_intervals_and_hosts_changed(
-        PROMETHEUS_YML.read_text(), prometheus_text("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"), "prometheus.yml"
+        PROMETHEUS_YML.read_text(), prometheus_text(["127.0.0.1:1"], "127.0.0.1:2", "127.0.0.1:3"), "prometheus.yml"
     )
     assert len(changes) >= 6, changes  # 2 intervals + app, alertmanager (x2), self targets
     changes = check_only_intervals_and_hosts_changed(
