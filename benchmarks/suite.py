@@ -17,7 +17,7 @@ from typing import Any
 
 from benchmarks.common import BENCH_DIR, ROOT, busy_processes, loadavg, machine_info, write_json
 
-SECTIONS = ("logging", "drift_latency", "drift", "metrics", "memory")
+SECTIONS = ("logging", "drift_latency", "drift", "metrics", "memory", "scaleout")
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,10 @@ def run_section(name: str, quick: bool, log: Callable[[str], None], concurrency:
         return run_metrics(quick, log)
     if name == "memory":
         return bench_memory(quick, log)
+    if name == "scaleout":
+        from benchmarks.scaleout import run as run_scaleout
+
+        return run_scaleout(quick, log, concurrency)
     raise ValueError(name)
 
 
