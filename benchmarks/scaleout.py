@@ -67,12 +67,16 @@ def _row_pool() -> list[tuple[str, str, str]]:
 
 def fill(url: str, rows: int, old_rows: int, now: float, chunk: int = 50_000) -> float:
     """Append ``rows`` predictions (the first ``old_rows`` of them OLD_DAYS old, the rest within the last day, ids
-    in time order) through ``predictions_table``; returns the seconds it took."""
+    in time order) to the table ``PredictionStore.create_schema`` makes: SQLAlchemy executemany of
+    ``predictions_table.insert()`` on SQLite, COPY into its columns on PostgreSQL (executemany runs at ~15k
+    rows/s there); returns the seconds it took."""
     from exporter.predictions import PredictionStore, predictions_table
 
     pool = _row_pool()
     store = PredictionStore(url)
     store.create_schema()
+    copy = store.engine.dialect.name == "postgresql"
+    columns = ["request_id", "created_at", "model_version", "features", "prediction", "probabilities"]
     started = time.perf_counter()
     old_start, new_start = now - OLD_DAYS * 86400, now - 86400
     old_step = 86400 / max(1, old_rows)
@@ -84,8 +88,20 @@ def fill(url: str, rows: int, old_rows: int, now: float, chunk: int = 50_000) ->
             created = old_start + i * old_step if i < old_rows else new_start + (i - old_rows) * new_step
             batch.append({"request_id": uuid.uuid4().hex, "created_at": created, "model_version": MODEL_VERSION,
                           "features": features, "prediction": prediction, "probabilities": probabilities})
-        with store.engine.begin() as conn:
-            conn.execute(predictions_table.insert(), batch)
+        if copy:
+            raw = store.engine.raw_connection()
+            try:
+                with raw.cursor() as cur, cur.copy(  # type: ignore[attr-defined]
+                    f"COPY {predictions_table.name} ({', '.join(columns)}) FROM STDIN"
+                ) as pipe:
+                    for row in batch:
+                        pipe.write_row([row[c] for c in columns])
+                raw.commit()
+            finally:
+                raw.close()
+        else:
+            with store.engine.begin() as conn:
+                conn.execute(predictions_table.insert(), batch)
     seconds = time.perf_counter() - started
     store.dispose()
     return seconds
