@@ -18,6 +18,9 @@ otherwise identical.
 (read from the given database) with the app's runner for that isolation; SIGUSR1 starts a background thread (as
 APScheduler's would) that runs the job back to back, SIGUSR2 stops it after the current run. Its runs and
 durations go to ``--status-file`` as JSON.
+
+``--insert-log FILE``: the prediction writer's batched INSERTs are timed; one line per INSERT is appended to FILE
+(wall-clock start, seconds, rows), so a benchmark can see how long an insert waited for another writer's lock.
 """
 
 from __future__ import annotations
@@ -113,6 +116,23 @@ class DriftLoop:
         self._write_status()
 
 
+def _time_inserts(store: Any, path: Path) -> None:
+    """Wrap ``store.insert`` (what the prediction writer calls per batch) to log its start and duration."""
+    import time
+
+    real_insert = store.insert
+    log_file = path.open("a", buffering=1)
+
+    def insert(rows: list[Any]) -> None:
+        started, t0 = time.time(), time.perf_counter()
+        try:
+            real_insert(rows)
+        finally:
+            log_file.write(f"{started:.6f} {time.perf_counter() - t0:.6f} {len(rows)}\n")
+
+    store.insert = insert
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", required=True)
@@ -123,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drift-db", help="SQLAlchemy URL of a predictions table holding the drift window")
     parser.add_argument("--drift-isolation", choices=["process", "thread"], default="process")
     parser.add_argument("--status-file", type=Path)
+    parser.add_argument("--insert-log", type=Path, help="append one line per prediction-log INSERT: start, seconds, rows")
     args = parser.parse_args(argv)
 
     import uvicorn
@@ -151,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         service.prediction_log.enqueue = enqueue
         insert = service.store.insert
     app.add_middleware(PerRequestInsert, insert=insert)
+    if args.insert_log is not None:
+        _time_inserts(service.prediction_log.store, args.insert_log)
 
     if args.drift_rows:
         loop = DriftLoop(args.drift_rows, args.drift_cols, args.drift_db, args.drift_isolation, args.status_file)

@@ -17,7 +17,7 @@ from typing import Any
 
 from benchmarks.common import BENCH_DIR, ROOT, busy_processes, loadavg, machine_info, write_json
 
-SECTIONS = ("logging", "drift_latency", "drift", "metrics", "memory")
+SECTIONS = ("logging", "drift_latency", "drift", "metrics", "memory", "scaleout")
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,40 @@ TARGETS = [
     Target("rss_ratio_1m_vs_100k", "RSS after 1M / after 100k rows (does not grow)", "<=", 1.10),
     Target("store_window_3000_ms_1m_rows", "drift job window query (3000 rows) on a 1M-row table (ms)", "", None,
            "{:.1f}"),
+    # scaleout: retention on a 1M-row table (SQLite; PostgreSQL when reachable), --workers 2 vs 1
+    Target("prune_seconds_sqlite", "retention: seconds in prune ticks to delete 500k of 1M rows, SQLite", "", None,
+           "{:.1f}"),
+    Target("prune_rows_per_s_sqlite", "retention: rows deleted per second, SQLite", "", None, "{:.0f}"),
+    Target("prune_ticks_sqlite", "retention: job ticks (5 s budget each) to work off the backlog, SQLite", "", None,
+           "{:.0f}"),
+    Target("prune_batch_ms_max_sqlite", "retention: longest 5000-row batch (write lock held, ms), SQLite", "", None,
+           "{:.0f}"),
+    Target("window_3000_ms_before_prune_sqlite", "window query, 3000 rows, 1M-row table (ms), SQLite", "", None,
+           "{:.1f}"),
+    Target("window_3000_ms_after_prune_sqlite", "window query, 3000 rows, after prune (ms), SQLite", "", None,
+           "{:.1f}"),
+    Target("window_100k_ms_before_prune_sqlite", "window query, 100k rows, 1M-row table (ms), SQLite", "", None,
+           "{:.0f}"),
+    Target("window_100k_ms_after_prune_sqlite", "window query, 100k rows, after prune (ms), SQLite", "", None,
+           "{:.0f}"),
+    Target("prune_sqlite_p99_ratio", "/predict p99, prune running in another process / idle, SQLite", "<=", 1.5),
+    Target("prune_sqlite_throughput_ratio", "/predict throughput, prune running / idle, SQLite", "", None),
+    Target("prune_sqlite_prune_max_ms", "/predict max latency while pruning (ms), SQLite", "", None, "{:.0f}"),
+    Target("prune_sqlite_prune_insert_ms_max", "longest prediction-log INSERT while pruning (ms), SQLite", "", None,
+           "{:.0f}"),
+    Target("prune_seconds_postgres", "retention: seconds in prune ticks, 500k of 1M rows, PostgreSQL", "", None,
+           "{:.1f}"),
+    Target("prune_rows_per_s_postgres", "retention: rows deleted per second, PostgreSQL", "", None, "{:.0f}"),
+    Target("window_3000_ms_before_prune_postgres", "window query, 3000 rows, 1M-row table (ms), PostgreSQL", "",
+           None, "{:.1f}"),
+    Target("window_100k_ms_before_prune_postgres", "window query, 100k rows, 1M-row table (ms), PostgreSQL", "",
+           None, "{:.0f}"),
+    Target("prune_postgres_p99_ratio", "/predict p99, prune running / idle, PostgreSQL", "", None),
+    Target("prune_postgres_throughput_ratio", "/predict throughput, prune running / idle, PostgreSQL", "", None),
+    Target("prune_postgres_prune_insert_ms_max", "longest prediction-log INSERT while pruning (ms), PostgreSQL", "",
+           None, "{:.0f}"),
+    Target("workers2_throughput_ratio", "/predict throughput, exporter serve --workers 2 / --workers 1", "", None),
+    Target("workers2_p99_ratio", "/predict p99, --workers 2 / --workers 1", "", None),
 ]
 
 
@@ -122,6 +156,10 @@ def run_section(name: str, quick: bool, log: Callable[[str], None], concurrency:
         return run_metrics(quick, log)
     if name == "memory":
         return bench_memory(quick, log)
+    if name == "scaleout":
+        from benchmarks.scaleout import run as run_scaleout
+
+        return run_scaleout(quick, log, concurrency)
     raise ValueError(name)
 
 
