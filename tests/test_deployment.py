@@ -112,9 +112,26 @@ def test_two_workers_run_one_job_and_serve_the_same_result(demo_dir: Path, tmp_p
             assert http == 30
 
 
+def _drift_workers(pid: int) -> list[int]:
+    """The drift worker processes (multiprocessing spawn children) of process ``pid``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue  # exited meanwhile
+        if ppid == pid and b"spawn_main" in cmdline:
+            found.append(int(stat.parent.name))
+    return found
+
+
+INTERVAL = 2.0
+
+
 def test_sigkill_of_the_job_runner_hands_the_job_over(demo_dir: Path, tmp_path: Path, postgres_url: str) -> None:
     config = config_folder(demo_dir, tmp_path, database_url=postgres_url,
-                           drift={"interval_seconds": 1, "min_rows": 1, "report": False})
+                           drift={"interval_seconds": INTERVAL, "min_rows": 1, "report": False})
     engine = create_engine(postgres_url)
 
     def newest() -> int | None:
@@ -133,11 +150,20 @@ def test_sigkill_of_the_job_runner_hands_the_job_over(demo_dir: Path, tmp_path: 
             counts = {s.url: runs_of(s) for s in (first, second)}
             leader, follower = (first, second) if counts[first.url] > counts[second.url] else (second, first)
             assert counts[follower.url] == 0, counts  # one job per deployment: the other replica ran nothing
+            # only the job's process keeps a drift worker process (about 300 MB each)
+            assert len(_drift_workers(leader.proc.pid)) == 1  # type: ignore[union-attr]
+            assert _drift_workers(follower.proc.pid) == []  # type: ignore[union-attr]
+            taking = "drift job: this process runs it"
+            assert taking not in follower.log()
             os.kill(leader.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
+            killed = time.monotonic()
+            # the database frees the dead session's lock; the survivor takes it at its next tick
+            wait_until(lambda: taking in follower.log(), 2 * INTERVAL, interval=0.1,
+                       what="the surviving replica takes the job lock within two intervals")
+            assert time.monotonic() - killed <= 2 * INTERVAL
             leader.proc.wait(timeout=10)  # type: ignore[union-attr]
             time.sleep(1)  # a run the leader committed just before dying is not the survivor's
             before = newest()
-            # the database frees the dead session's lock; the survivor takes the job at its next tick
             wait_until(lambda: (newest() or 0) > (before or 0), 90, what="a run stored by the surviving replica")
             follower.wait_for(lambda m: (m.get(runs_key) or 0) >= 1, timeout=30)
             # The killed replica restarts and joins as a follower: it runs nothing and serves the stored runs.
@@ -146,6 +172,7 @@ def test_sigkill_of_the_job_runner_hands_the_job_over(demo_dir: Path, tmp_path: 
                 wait_until(lambda: (newest() or 0) >= (taken or 0) + 2, 60, what="two more runs")
                 restarted_runs = restarted.metrics()
                 assert restarted_runs.get(runs_key) == 0
+                assert _drift_workers(restarted.proc.pid) == []  # type: ignore[union-attr]
                 assert (restarted_runs.get(("model_drift_job_last_success_timestamp_seconds", frozenset())) or 0) > 0
     finally:
         engine.dispose()
