@@ -208,6 +208,12 @@ def feature_drift(
 CATEGORY_TESTS = ("chisquare", "z", "jensenshannon")  # tests of value shares
 
 
+def seen(ref: ColumnStats, values: pd.Series) -> pd.Series:
+    """Which of ``values`` the reference showed. With calibrated thresholds the CATEGORY_TESTS judge only these;
+    the share of the others is judged on its own (calibration.unseen_limit). The report masks the same values."""
+    return values.isin(ref.unique)
+
+
 def judge(ref: ColumnStats, present: pd.Series, override: MethodOverride, alpha: float | None) -> TestResult:
     """One column's test, score, threshold in force and verdict. ``alpha`` None: Evidently's thresholds; else the
     threshold calibrated to that per-run false-flag probability (a configured threshold wins either way)."""
@@ -216,13 +222,13 @@ def judge(ref: ColumnStats, present: pd.Series, override: MethodOverride, alpha:
         return run_test(ref, present, override.method, override.threshold, test)
     if test.name in CATEGORY_TESTS:
         # values the reference never showed are judged by their share, not by the test (calibration.unseen_limit)
-        seen = present.isin(ref.unique)
-        if not seen.all():
-            unseen_drift = bool(1 - seen.mean() > unseen_limit(ref.rows, alpha))
-            if not seen.any():
+        shown = seen(ref, present)
+        if not shown.all():
+            unseen_drift = bool(1 - shown.mean() > unseen_limit(ref.rows, alpha))
+            if not shown.any():
                 r = run_test(ref, present, override.method, None, test)
                 return TestResult(r.name, r.display, r.score, r.threshold, unseen_drift)
-            r = judge(ref, present[seen], override, alpha)
+            r = judge(ref, present[shown], override, alpha)
             return TestResult(r.name, r.display, r.score, r.threshold, r.detected or unseen_drift)
     return run_test(ref, present, override.method, calibrated_threshold(ref, test.name, len(present), alpha), test)
 

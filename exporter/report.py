@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from exporter.drift import CATEGORY_TESTS, DriftResult, Reference, normalise
+from exporter.drift import CATEGORY_TESTS, DriftResult, Reference, normalise, seen
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def build_report(
         for f in result.features.values():
             if f.stat_test in CATEGORY_TESTS and f.feature in reference.stats:
                 column = current[f.feature]
-                current[f.feature] = column.where(column.isna() | column.isin(reference.stats[f.feature].unique))
+                current[f.feature] = column.where(column.isna() | seen(reference.stats[f.feature], column))
     judged = [f for f in result.features.values() if f.stat_test is not None and f.threshold is not None]
     methods = {f.feature: f.stat_test for f in judged}
     thresholds = {f.feature: f.threshold for f in judged}
