@@ -27,12 +27,14 @@ def prune(
     """Delete what retention no longer keeps; the number of rows deleted."""
     t = predictions_table.c
     with engine.connect() as conn:
-        # The highest id that goes: by age (created_at is indexed), and by count (the max_rows-th newest id).
+        # The highest id that goes: by age, the id of the newest row older than the cutoff (one step down the
+        # created_at index; ids follow created_at up to the milliseconds between concurrent writers), and by count,
+        # the max_rows-th newest id.
         limits = []
         if max_age_days is not None:
             cutoff = (time.time() if now is None else now) - max_age_days * 86400
-            limits.append(conn.execute(select(t.id).where(t.created_at < cutoff).order_by(t.id.desc()).limit(1))
-                          .scalar())
+            limits.append(conn.execute(select(t.id).where(t.created_at < cutoff).order_by(t.created_at.desc())
+                                       .limit(1)).scalar())
         if max_rows is not None:
             limits.append(conn.execute(select(t.id).order_by(t.id.desc()).offset(max_rows).limit(1)).scalar())
     last = max((x for x in limits if x is not None), default=None)
