@@ -21,6 +21,7 @@ from exporter.config import Settings
 from exporter.drift import CATEGORICAL, NUMERICAL, DriftResult, MethodOverride, Reference
 from exporter.drift_job import DriftJob
 from exporter.features import FeatureTypeError, FeatureTypes, read_reference
+from exporter.estimation import EstimateResult, EstimationSetup, reference_looks_like_training, setup_from_reference
 from exporter.guard import RequestPathError, check_request_path
 from exporter.model import Model, Predictions
 from exporter.predictions import (
@@ -122,6 +123,7 @@ class Service:
         except ValueError as exc:
             raise StartupError(f"{ref_path}: {exc}") from exc
         self.quality_reference: dict[str, float] = {}
+        self.estimation: EstimationSetup | None = None
         if settings.target is not None:
             if settings.target not in frame.columns:
                 raise StartupError(f"{ref_path}: reference data lacks the target column {settings.target!r}")
@@ -133,6 +135,7 @@ class Service:
                 None if ref_probas is None else [p for p, ok in zip(ref_probas, labelled, strict=True) if ok],
                 self.model.classes,
             ).metrics
+            self._check_reference(frame, ref_predictions, ref_probas)
 
         self.store = PredictionStore(settings.resolved_database_url)
         try:
@@ -153,6 +156,7 @@ class Service:
         self.job_stats = JobStats()
         self.drift_result: DriftResult | None = None
         self.quality_result: QualityResult | None = None
+        self.estimate_result: EstimateResult | None = None
         self.report: CachedReport | None = None
         self.overrides = {
             name: MethodOverride(cfg.method, cfg.threshold) for name, cfg in settings.drift.per_feature.items()
@@ -175,6 +179,22 @@ class Service:
         except Exception as exc:
             raise StartupError(f"{ref_path}: the model cannot predict on the reference data: {exc}") from exc
         return pd.Series(predicted.values, index=frame.index), predicted.probabilities
+
+    def _check_reference(self, frame: pd.DataFrame, predictions: pd.Series, probas: list[dict[str, float]] | None
+                         ) -> None:
+        """Set up label-free quality estimation (fitted where the drift job runs) and warn when the reference looks
+        like the model's training data, which makes every estimate too optimistic."""
+        target, features = str(self.settings.target), self.settings.features
+        self.estimation = setup_from_reference(self.settings.model.task, self.model.classes, frame, target,
+                                               predictions, probas, features.numerical, features.categorical)
+        if self.estimation is None or not self.settings.reference.check_held_out:
+            return
+        labelled = frame[target].notna()
+        warning = reference_looks_like_training(self.model.estimator, frame.loc[labelled, self.model.features],
+                                                frame.loc[labelled, target], predictions[labelled],
+                                                self.settings.model.task)
+        if warning:
+            log.warning("%s: %s", self.settings.reference.path, warning)
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def start(self) -> None:
