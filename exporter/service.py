@@ -20,8 +20,8 @@ import pandas as pd
 from exporter.config import Settings
 from exporter.drift import CATEGORICAL, NUMERICAL, DriftResult, MethodOverride, Reference
 from exporter.drift_job import DriftJob
-from exporter.features import FeatureTypeError, FeatureTypes, read_reference
 from exporter.estimation import EstimateResult, EstimationSetup, reference_looks_like_training, setup_from_reference
+from exporter.features import FeatureTypeError, FeatureTypes, read_reference
 from exporter.guard import RequestPathError, check_request_path
 from exporter.model import Model, Predictions
 from exporter.predictions import (
