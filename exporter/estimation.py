@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 Z = 2.5758293035489  # two-sided 99 % of a normal
 DRAWS = 200  # label draws of the parametric bootstrap (f1_macro, roc_auc bands)
+BOOTSTRAP_ROWS = 20_000  # larger windows: the band's width is measured on this many rows and scaled by sqrt(m/n)
 CV_FOLDS = 5
 ECE_BINS = 10
 MAX_CATEGORIES = 254  # HistGradientBoosting's categorical limit (max_bins 255); rarer categories are grouped as missing
@@ -178,11 +179,20 @@ def draw_labels(calibrated: np.ndarray, draws: int, rng: np.random.Generator) ->
     return (u[:, :, None] > cum[None, :, :]).sum(axis=2, dtype=np.int8)
 
 
-def realized_metrics_many(labels: np.ndarray, raw: np.ndarray, predicted: np.ndarray) -> dict[str, np.ndarray]:
+def score_ranks(raw: np.ndarray) -> list[np.ndarray]:
+    """Per class, the rows' ranks by the model's probability of it (ties averaged), as the AUC ranks them."""
+    k = raw.shape[1]
+    return [rankdata(raw[:, c]) if (k > 2 or c == 1) else np.empty(0) for c in range(k)]
+
+
+def realized_metrics_many(labels: np.ndarray, raw: np.ndarray, predicted: np.ndarray,
+                          ranks: list[np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Accuracy, f1_macro and roc_auc of many label draws at once (``labels``: draws x n), vectorised: the scores
     do not change between draws, so each AUC is one rank sum (Mann-Whitney) and each count a matrix product."""
     draws, n = labels.shape
     k = raw.shape[1]
+    if ranks is None:
+        ranks = score_ranks(raw)
     out = {"accuracy": (labels == predicted[None, :]).mean(axis=1)}
     f1_sum = np.zeros(draws)
     f1_count = np.zeros(draws)
@@ -198,10 +208,9 @@ def realized_metrics_many(labels: np.ndarray, raw: np.ndarray, predicted: np.nda
         f1_sum += np.where(present, 2 * tp / np.where(present, denominator, 1), 0.0)
         f1_count += present
         if k > 2 or c == 1:
-            ranks = rankdata(raw[:, c]).astype(np.float64)
             negatives = n - positives
             with np.errstate(divide="ignore", invalid="ignore"):
-                auc = (is_c.astype(np.float64) @ ranks - positives * (positives + 1) / 2) / (positives * negatives)
+                auc = (is_c.astype(np.float64) @ ranks[c] - positives * (positives + 1) / 2) / (positives * negatives)
             aucs.append(np.where((positives > 0) & (negatives > 0), auc, np.nan))
     out["f1_macro"] = f1_sum / np.maximum(f1_count, 1)
     out["roc_auc"] = np.mean(aucs, axis=0)
@@ -231,8 +240,9 @@ class ClassificationEstimator:
         """The rows' probabilities as a matrix (keyed as /predict answers them) and which rows had them."""
         keys = self.keys or self.classes
         ok = np.array([isinstance(p, dict) for p in probabilities], dtype=bool)
-        m = np.array([[float(p.get(key, 0.0)) for key in keys] if isinstance(p, dict) else [0.0] * len(keys)
-                      for p in probabilities], dtype=float).reshape(len(ok), len(keys))
+        empty: dict[str, float] = {}
+        m = np.array([[(p if isinstance(p, dict) else empty).get(key, 0.0) for key in keys] for p in probabilities],
+                     dtype=float).reshape(len(ok), len(keys))
         return m, ok
 
     def estimate(self, raw: np.ndarray, predicted: np.ndarray, rng: np.random.Generator,
@@ -242,12 +252,19 @@ class ClassificationEstimator:
         n = len(predicted)
         spread = {"accuracy": math.sqrt(float((calibrated[np.arange(n), predicted]
                                                 * (1 - calibrated[np.arange(n), predicted])).sum())) / n}
-        chunk = max(1, min(draws, 4_000_000 // max(n * raw.shape[1], 1)))
+        # The band of f1_macro and roc_auc: a parametric bootstrap, labels drawn from the calibrated probabilities.
+        # On a large window it runs on a random subset of m rows and its spread is scaled by sqrt(m / n) (these
+        # metrics' sampling spread shrinks as 1/sqrt(n)): a 100k-row window costs what a 20k-row one does.
+        m = min(n, BOOTSTRAP_ROWS)
+        rows = np.sort(rng.choice(n, m, replace=False)) if m < n else np.arange(n)
+        sub_raw, sub_cal, sub_pred = raw[rows], calibrated[rows], predicted[rows]
+        ranks = score_ranks(sub_raw)
+        chunk = max(1, min(draws, 4_000_000 // max(m * raw.shape[1], 1)))
         samples: dict[str, list[np.ndarray]] = {"f1_macro": [], "roc_auc": []}
         done = 0
         while done < draws:
             b = min(chunk, draws - done)
-            many = realized_metrics_many(draw_labels(calibrated, b, rng), raw, predicted)
+            many = realized_metrics_many(draw_labels(sub_cal, b, rng), sub_raw, sub_pred, ranks)
             for name in samples:
                 samples[name].append(many[name])
             done += b
@@ -255,7 +272,7 @@ class ClassificationEstimator:
             values = np.concatenate(parts)
             values = values[np.isfinite(values)]
             if len(values) > 1:
-                spread[name] = float(values.std(ddof=1))
+                spread[name] = float(values.std(ddof=1)) * math.sqrt(m / n)
         return {name: _band(value, spread.get(name, math.nan), 0.0, 1.0) for name, value in point.items()
                 if math.isfinite(value)}
 
@@ -292,9 +309,11 @@ class RegressionEstimator:
         columns = [pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float) if name in frame
                    else np.full(len(frame), np.nan) for name in self.numerical]
         for name in self.categorical:
-            codes = self.categories[name]
-            texts = category_texts(frame[name]) if name in frame else pd.Series([None] * len(frame))
-            columns.append(np.array([codes.get(t, np.nan) if t is not None else np.nan for t in texts], dtype=float))
+            if name not in frame:
+                columns.append(np.full(len(frame), np.nan))
+                continue
+            texts = category_texts(frame[name])
+            columns.append(texts.map(self.categories[name]).to_numpy(dtype=float, na_value=np.nan))
         columns.append(np.asarray(predictions, dtype=float))
         return np.column_stack(columns) if columns else np.empty((len(frame), 0))
 
@@ -309,8 +328,9 @@ class RegressionEstimator:
         self = cls(numerical, categorical, cls._codes(frame, categorical), _hgb(categorical, numerical),
                    _hgb(categorical, numerical), 3.0, int(known.sum()))
         X = self.design(frame, pred[known])
-        self.abs_model.fit(X, np.abs(errors))
-        self.sq_model.fit(X, errors**2)
+        with _one_thread():
+            self.abs_model.fit(X, np.abs(errors))
+            self.sq_model.fit(X, errors**2)
         second = float(np.mean(errors**2))
         if second > 0:
             self.kurtosis = float(np.mean(errors**4) / second**2)
@@ -318,8 +338,9 @@ class RegressionEstimator:
 
     def estimate(self, frame: pd.DataFrame, predictions: Any) -> dict[str, MetricEstimate]:
         X = self.design(frame, predictions)
-        a = np.clip(self.abs_model.predict(X), 0, None)
-        q = np.clip(self.sq_model.predict(X), 0, None)
+        with _one_thread():
+            a = np.clip(self.abs_model.predict(X), 0, None)
+            q = np.clip(self.sq_model.predict(X), 0, None)
         n = len(a)
         mae, mse = float(a.mean()), float(q.mean())
         # Sampling noise of the realized metric if each row's error has these predicted moments: Var|e| = E e^2 -
@@ -334,6 +355,14 @@ class RegressionEstimator:
 
     def point(self, frame: pd.DataFrame, predictions: Any) -> dict[str, float]:
         return {k: v.value for k, v in self.estimate(frame, predictions).items()}
+
+
+def _one_thread() -> Any:
+    """One OpenMP thread for the gradient boosting: the drift job is background work on a shared machine, and
+    OpenMP threads spinning for a busy second core made a 3000-row fit take 20 s instead of under one."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="openmp")
 
 
 def _hgb(categorical: list[str], numerical: list[str]) -> HistGradientBoostingRegressor:
