@@ -27,6 +27,7 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.model_selection import KFold
 
 from exporter.features import category_text, category_texts
+from exporter.quality import classification_quality, regression_quality
 
 log = logging.getLogger(__name__)
 
@@ -440,12 +441,12 @@ def estimate_window(setup: EstimationSetup, window: pd.DataFrame, seed: int = 0)
         metrics = est.estimate(raw[ok], predicted[ok], rng)
         error: dict[str, float] = {}
         sub = ok & labelled
-        truth = est.index(labels[sub].tolist()) if sub.any() else np.array([], dtype=int)
-        if sub.sum() >= 2 and (truth >= 0).all():
+        if sub.sum() >= 2:
             point = expected_metrics(raw[sub], est.calibration.apply(raw[sub]), predicted[sub])
-            realized = realized_metrics_many(truth[None, :].astype(np.int8), raw[sub], predicted[sub])
-            error = {k: float(point[k] - realized[k][0]) for k in point
-                     if k in realized and math.isfinite(realized[k][0])}
+            # realized as the model_quality gauge computes it (exporter.quality), on the same rows
+            realized = classification_quality(labels[sub].tolist(), window["prediction"][sub].tolist(),
+                                              window[PROBABILITIES][sub].tolist(), setup.classes)
+            error = {k: float(point[k] - realized[k]) for k in point if k in realized}
         return EstimateResult("cbpe", int(ok.sum()), metrics, int(sub.sum()), error)
     if isinstance(est, RegressionEstimator):
         predictions = pd.to_numeric(window["prediction"], errors="coerce").to_numpy(dtype=float)
@@ -459,8 +460,8 @@ def estimate_window(setup: EstimationSetup, window: pd.DataFrame, seed: int = 0)
         sub = ok & np.isfinite(y)
         if sub.sum() >= 2:
             point = est.point(frame.loc[sub], predictions[sub])
-            e = y[sub] - predictions[sub]
-            error = {"mae": point["mae"] - float(np.abs(e).mean()), "rmse": point["rmse"] - math.sqrt(float((e**2).mean()))}
+            realized = regression_quality(y[sub].tolist(), predictions[sub].tolist())
+            error = {k: point[k] - realized[k] for k in point}
         return EstimateResult("dle", int(ok.sum()), metrics, int(sub.sum()), error)
     return None
 
