@@ -40,8 +40,9 @@ class ReferenceSection(_Section):
     )
     check_held_out: bool = Field(
         default=True,
-        description="At start, refit a copy of the model in 5-fold cross-validation on the reference and warn when "
-        "the served model is much better on it: the sign of training rows used as reference.",
+        description="When the drift job's worker starts, refit a copy of the model in 5-fold cross-validation on "
+        "the reference and warn when the served model is much better on it: the sign of training rows used as "
+        "reference.",
     )
 
 

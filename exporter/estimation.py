@@ -391,6 +391,10 @@ class EstimationSetup:
     numerical: list[str] = field(default_factory=list)
     categorical: list[str] = field(default_factory=list)
     estimator: ClassificationEstimator | RegressionEstimator | None = None
+    # The reference rule's check (reference_looks_like_training), run once where the estimator is fitted: the
+    # model file (loaded there, not pickled over), its feature columns of the labelled reference rows.
+    check: tuple[str, pd.DataFrame] | None = None
+    checked: str | None = None  # the warning the check gave, if any
 
     def fit(self) -> None:
         if self.estimator is not None:
@@ -401,6 +405,20 @@ class EstimationSetup:
             self.estimator = RegressionEstimator.fit(self.frame, self.numerical, self.categorical, self.predictions,
                                                      self.labels)
 
+    def check_reference(self) -> str | None:
+        """Warn (log, and return the sentence) when the reference looks like the model's training data."""
+        if self.check is None:
+            return None
+        import joblib
+
+        model_path, features = self.check
+        self.check = None  # once
+        self.checked = reference_looks_like_training(joblib.load(model_path), features, self.labels, self.predictions,
+                                                     self.task)
+        if self.checked:
+            log.warning("reference: %s", self.checked)
+        return self.checked
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["estimator"] = None  # fitted where it is used
@@ -409,19 +427,21 @@ class EstimationSetup:
 
 def setup_from_reference(task: str, classes: list[Any], frame: pd.DataFrame, target: str, predictions: pd.Series,
                          probabilities: list[dict[str, float]] | None, numerical: list[str],
-                         categorical: list[str]) -> EstimationSetup | None:
-    """The estimation's inputs from the labelled reference rows; None when the model gives no probabilities."""
+                         categorical: list[str], check: tuple[str, list[str]] | None = None) -> EstimationSetup | None:
+    """The estimation's inputs from the labelled reference rows; None when the model gives no probabilities.
+    ``check``: the model file and its feature columns, for the reference rule's check."""
     labelled = frame[target].notna().to_numpy()
+    checked = None if check is None else (check[0], frame.loc[labelled, check[1]].reset_index(drop=True))
     if task == "classification":
         if probabilities is None or not classes:
             return None
         keys = [str(c) for c in classes]  # keyed as /predict answers them
         matrix = np.array([[p.get(k, 0.0) for k in keys] for p, ok in zip(probabilities, labelled, strict=True) if ok])
         return EstimationSetup(task, list(classes), frame.loc[labelled, target].tolist(),
-                               predictions[labelled].tolist(), matrix.reshape(-1, len(keys)), None)
+                               predictions[labelled].tolist(), matrix.reshape(-1, len(keys)), None, check=checked)
     return EstimationSetup(task, [], frame.loc[labelled, target].tolist(), predictions[labelled].tolist(), None,
                            frame.loc[labelled, numerical + categorical].reset_index(drop=True),
-                           list(numerical), list(categorical))
+                           list(numerical), list(categorical), check=checked)
 
 
 def estimate_window(setup: EstimationSetup, window: pd.DataFrame, seed: int = 0) -> EstimateResult | None:

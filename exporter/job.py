@@ -73,6 +73,10 @@ def prepare(spec: JobSpec) -> None:
     runs go on without an estimate."""
     if spec.estimation is not None:
         try:
+            spec.estimation.check_reference()
+        except Exception as exc:  # e.g. a model that cannot be cloned and refitted: no check
+            log.info("reference check skipped: %s: %s", type(exc).__name__, exc)
+        try:
             spec.estimation.fit()
         except Exception as exc:
             log.error("quality estimation disabled: fitting it on the reference failed: %s: %s",
@@ -159,6 +163,8 @@ def lower_priority() -> None:
 
 def _worker_main(conn: Connection, spec: JobSpec) -> None:
     lower_priority()
+    if not logging.getLogger().handlers:  # a spawned process: log as the service does (exporter.cli)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store = PredictionStore(spec.database_url)
     evidently_stattests()  # Evidently's import takes seconds: before "ready", so no run's timeout pays it
     prepare(spec)  # the estimator is fitted once per worker, before "ready" too

@@ -20,7 +20,7 @@ import pandas as pd
 from exporter.config import Settings
 from exporter.drift import CATEGORICAL, NUMERICAL, DriftResult, MethodOverride, Reference
 from exporter.drift_job import DriftJob
-from exporter.estimation import EstimateResult, EstimationSetup, reference_looks_like_training, setup_from_reference
+from exporter.estimation import EstimateResult, EstimationSetup, setup_from_reference
 from exporter.features import FeatureTypeError, FeatureTypes, read_reference
 from exporter.guard import RequestPathError, check_request_path
 from exporter.model import Model, Predictions
@@ -135,7 +135,10 @@ class Service:
                 None if ref_probas is None else [p for p, ok in zip(ref_probas, labelled, strict=True) if ok],
                 self.model.classes,
             ).metrics
-            self._check_reference(frame, ref_predictions, ref_probas)
+            check = (str(settings.resolve(settings.model.path)), self.model.features)
+            self.estimation = setup_from_reference(
+                settings.model.task, self.model.classes, frame, settings.target, ref_predictions, ref_probas,
+                features.numerical, features.categorical, check if settings.reference.check_held_out else None)
 
         self.store = PredictionStore(settings.resolved_database_url)
         try:
@@ -179,22 +182,6 @@ class Service:
         except Exception as exc:
             raise StartupError(f"{ref_path}: the model cannot predict on the reference data: {exc}") from exc
         return pd.Series(predicted.values, index=frame.index), predicted.probabilities
-
-    def _check_reference(self, frame: pd.DataFrame, predictions: pd.Series, probas: list[dict[str, float]] | None
-                         ) -> None:
-        """Set up label-free quality estimation (fitted where the drift job runs) and warn when the reference looks
-        like the model's training data, which makes every estimate too optimistic."""
-        target, features = str(self.settings.target), self.settings.features
-        self.estimation = setup_from_reference(self.settings.model.task, self.model.classes, frame, target,
-                                               predictions, probas, features.numerical, features.categorical)
-        if self.estimation is None or not self.settings.reference.check_held_out:
-            return
-        labelled = frame[target].notna()
-        warning = reference_looks_like_training(self.model.estimator, frame.loc[labelled, self.model.features],
-                                                frame.loc[labelled, target], predictions[labelled],
-                                                self.settings.model.task)
-        if warning:
-            log.warning("%s: %s", self.settings.reference.path, warning)
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def start(self) -> None:

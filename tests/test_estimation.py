@@ -29,6 +29,7 @@ from exporter.estimation import (
     expected_metrics,
     realized_metrics_many,
     reference_looks_like_training,
+    setup_from_reference,
 )
 
 METRICS = ("accuracy", "f1_macro", "roc_auc")
@@ -235,3 +236,25 @@ def test_a_reference_of_training_rows_is_recognised() -> None:
                                                     "classification")
     assert on_training is not None and "training data" in on_training
     assert on_held_out is None
+
+
+def test_the_reference_check_runs_once_and_logs_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import joblib
+    from sklearn.datasets import make_classification
+    from sklearn.ensemble import RandomForestClassifier
+
+    X, y = make_classification(600, n_features=6, n_informative=4, flip_y=0.1, random_state=1)
+    frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(6)]).assign(target=y)
+    features = list(frame.columns[:6])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = RandomForestClassifier(n_estimators=30, random_state=0).fit(frame[features], y)  # on the reference
+        joblib.dump(model, tmp_path / "model.joblib")
+        probas = [dict(zip(["0", "1"], row, strict=True)) for row in model.predict_proba(frame[features]).tolist()]
+        setup = setup_from_reference("classification", [0, 1], frame, "target", pd.Series(model.predict(frame[features])),
+                                     probas, features, [], (str(tmp_path / "model.joblib"), features))
+        assert setup is not None
+        with caplog.at_level("WARNING", logger="exporter.estimation"):
+            assert setup.check_reference() is not None
+            assert setup.check_reference() is None  # once
+    assert "looks like the model's training data" in caplog.text
