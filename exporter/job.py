@@ -68,14 +68,27 @@ class JobOutput:
     estimate_seconds: float = 0.0  # part of compute_seconds
 
 
-def prepare(spec: JobSpec) -> None:
-    """Fit what the runs reuse (the estimator), once per process that runs the job; a failure is logged, and the
-    runs go on without an estimate."""
+def _check_reference(setup: EstimationSetup) -> None:
+    try:
+        setup.check_reference()
+    except Exception as exc:  # e.g. a model that cannot be cloned and refitted: no check
+        log.info("reference check skipped: %s: %s", type(exc).__name__, exc)
+
+
+def check_in_background(spec: JobSpec) -> None:
+    """The reference rule's check (refitting the model five times) only logs: in the service's own process it runs
+    in a thread of its own, after the first run, rather than delaying it."""
     if spec.estimation is not None:
-        try:
-            spec.estimation.check_reference()
-        except Exception as exc:  # e.g. a model that cannot be cloned and refitted: no check
-            log.info("reference check skipped: %s: %s", type(exc).__name__, exc)
+        threading.Thread(target=_check_reference, args=(spec.estimation,), name="exporter-reference-check",
+                         daemon=True).start()
+
+
+def prepare(spec: JobSpec, check: bool = True) -> None:
+    """Fit what the runs reuse (the estimator), once per process that runs the job; a failure is logged, and the
+    runs go on without an estimate. With ``check``, the reference rule's check first."""
+    if spec.estimation is not None:
+        if check:
+            _check_reference(spec.estimation)
         try:
             spec.estimation.fit()
         except Exception as exc:
@@ -137,14 +150,18 @@ class InProcessRunner:
         if threading.current_thread() is not threading.main_thread():
             lower_priority()  # the scheduler's thread, not a CLI's or a caller's main thread
         evidently_stattests()  # imported once, on the first run: not part of any run's time
-        if not self._prepared:
-            prepare(self.spec)  # fitted once, on the first run: not part of any run's time
+        first = not self._prepared
+        if first:
+            prepare(self.spec, check=False)  # once, on the first run: not part of any run's time
             self._prepared = True
         started = time.monotonic()
         try:
             output = run_job(self.spec, self.store)
         except Exception as exc:
             raise JobError(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            if first:
+                check_in_background(self.spec)
         took = time.monotonic() - started
         if took > timeout:
             raise JobTimeout(f"run took {took:.2f}s, over the {timeout:g}s timeout; its result was discarded")
