@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -234,15 +235,23 @@ class ClassificationEstimator:
         return cls(names, Calibration.fit(probas[known], y[known]), int(known.sum()), [str(c) for c in classes])
 
     def index(self, values: list[Any] | pd.Series) -> np.ndarray:
+        """Each value's class index (-1: missing or not one of the model's classes), vectorised."""
         lookup = {name: i for i, name in enumerate(self.classes)}
-        return np.array([lookup.get(category_text(v), -1) if v is not None else -1 for v in values], dtype=int)
+        texts = category_texts(pd.Series(list(values), dtype=object))
+        return texts.map(lookup).fillna(-1).to_numpy(dtype=int)
 
     def matrix(self, probabilities: list[Any] | pd.Series) -> tuple[np.ndarray, np.ndarray]:
         """The rows' probabilities as a matrix (keyed as /predict answers them) and which rows had them."""
         keys = self.keys or self.classes
-        ok = np.array([isinstance(p, dict) for p in probabilities], dtype=bool)
+        rows = list(probabilities)
+        try:  # every row a dict with every class: one C-level getter per row
+            m = np.array(list(map(operator.itemgetter(*keys), rows)), dtype=float).reshape(len(rows), len(keys))
+            return m, np.ones(len(rows), dtype=bool)
+        except (KeyError, TypeError, ValueError):
+            pass
+        ok = np.array([isinstance(p, dict) for p in rows], dtype=bool)
         empty: dict[str, float] = {}
-        m = np.array([[(p if isinstance(p, dict) else empty).get(key, 0.0) for key in keys] for p in probabilities],
+        m = np.array([[(p if isinstance(p, dict) else empty).get(key, 0.0) for key in keys] for p in rows],
                      dtype=float).reshape(len(ok), len(keys))
         return m, ok
 
