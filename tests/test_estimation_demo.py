@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.helpers import config_folder, live_server, sample
@@ -32,12 +33,16 @@ def test_demo_estimate_agrees_with_realized_quality_within_its_band(demo_dir: Pa
             lambda m: m if sample(m, "model_drift_window_rows") == ROWS and sample(m, "model_quality_window_rows") == ROWS
             and sample(m, "model_quality_estimation_error", metric="accuracy") is not None else None, timeout=120,
         )
+        drift = httpx.get(f"{server.url}/drift", timeout=10).json()
+    served = drift["estimated_quality"]  # /drift serves the same stored run
+    assert served["method"] == "cbpe" and served["rows"] == ROWS and served["error_rows"] == ROWS
     for metric in ("accuracy", "f1_macro", "roc_auc"):
         estimated = sample(metrics, "model_quality_estimated", metric=metric)
         lower = sample(metrics, "model_quality_estimated_lower", metric=metric)
         upper = sample(metrics, "model_quality_estimated_upper", metric=metric)
         realized = sample(metrics, "model_quality", metric=metric)
         error = sample(metrics, "model_quality_estimation_error", metric=metric)
+        assert served["metrics"][metric]["value"] == pytest.approx(estimated)
         assert None not in (estimated, lower, upper, realized, error), metric
         print(f"{metric}: estimated {estimated:.4f} [{lower:.4f}, {upper:.4f}], realized {realized:.4f}")
         assert lower <= realized <= upper, metric  # type: ignore[operator]
