@@ -184,6 +184,29 @@ def test_dle_follows_the_error_where_the_traffic_moves() -> None:
     assert e["mae"].value > 1.5 * float((ref["y"] - ref["prediction"]).abs().mean())  # the shift doubled the error
 
 
+def test_dle_band_holds_99_percent_over_references_and_windows() -> None:
+    # The DLE band: each window's label noise plus the noise of the loss level learnt from a finite reference, over
+    # several references (the level's error differs between them) and many windows each.
+    errors: dict[str, list[float]] = {"mae": [], "rmse": []}
+    inside: dict[str, list[bool]] = {"mae": [], "rmse": []}
+    for seed in range(4):
+        rng = np.random.default_rng(100 + seed)
+        ref = _regression_world(3000, rng)
+        est = RegressionEstimator.fit(ref[["x", "z", "c"]], ["x", "z"], ["c"], ref["prediction"], ref["y"])
+        for _ in range(50):
+            w = _regression_world(1000, rng)
+            e = est.estimate(w, w["prediction"])
+            err = (w["y"] - w["prediction"]).to_numpy()
+            truth = {"mae": float(np.abs(err).mean()), "rmse": math.sqrt(float((err**2).mean()))}
+            for m in errors:
+                errors[m].append(e[m].value - truth[m])
+                inside[m].append(e[m].lower <= truth[m] <= e[m].upper)
+    for m in errors:
+        print(f"DLE {m}: mean(estimate - realized) {np.mean(errors[m]):+.4f}, in band {np.mean(inside[m]):.3f}")
+        assert abs(np.mean(errors[m])) < 0.03
+        assert np.mean(inside[m]) >= 0.965
+
+
 def test_the_window_estimate_and_its_self_check() -> None:
     rng = np.random.default_rng(50)
     world = World(3)
@@ -207,6 +230,23 @@ def test_the_window_estimate_and_its_self_check() -> None:
         assert result.error[m] == pytest.approx(
             expected_metrics(model[labelled], setup.estimator.calibration.apply(model[labelled]),  # type: ignore[union-attr]
                              model[labelled].argmax(1))[m] - truth[m])
+
+
+def test_the_regression_window_estimate_and_its_self_check() -> None:
+    rng = np.random.default_rng(60)
+    ref = _regression_world(2000, rng)
+    setup = EstimationSetup("regression", [], ref["y"].tolist(), ref["prediction"].tolist(), None,
+                            ref[["x", "z", "c"]], ["x", "z"], ["c"])
+    w = _regression_world(800, rng)
+    window = w[["x", "z", "c", "prediction"]].assign(**{LABEL: [v if i % 4 == 0 else None
+                                                              for i, v in enumerate(w["y"])]})
+    result = estimate_window(setup, window)
+    assert result is not None and result.method == "dle" and result.rows == 800 and result.error_rows == 200
+    labelled = w.iloc[::4]
+    err = labelled["y"] - labelled["prediction"]
+    point = setup.estimator.point(labelled, labelled["prediction"])  # type: ignore[union-attr]
+    assert result.error["mae"] == pytest.approx(point["mae"] - float(err.abs().mean()))
+    assert result.error["rmse"] == pytest.approx(point["rmse"] - math.sqrt(float((err**2).mean())))
 
 
 def test_the_estimate_is_stored_with_the_run_and_reads_back(tmp_path: Path) -> None:
