@@ -17,7 +17,7 @@ from typing import Any
 
 from benchmarks.common import BENCH_DIR, ROOT, busy_processes, loadavg, machine_info, write_json
 
-SECTIONS = ("logging", "drift_latency", "drift", "metrics", "memory", "scaleout")
+SECTIONS = ("logging", "drift_latency", "drift", "estimation", "metrics", "memory", "scaleout")
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,12 @@ TARGETS = [
     Target("p99_during_drift_ratio_thread", "/predict p99, drift job with isolation: thread, running / idle", "",
            None),
     Target("throughput_during_drift_ratio_thread", "/predict throughput, isolation: thread, running / idle", "",
+           None),
+    Target("estimation_s_classification_3000", "estimated quality (CBPE + 99% band), 3000-row window (s)", "", None),
+    Target("estimation_s_classification_100000", "estimated quality (CBPE + 99% band), 100k-row window (s)", "", None),
+    Target("estimation_s_regression_3000", "estimated quality (DLE, 30 features), 3000-row window (s)", "", None),
+    Target("estimation_s_regression_100000", "estimated quality (DLE, 30 features), 100k-row window (s)", "", None),
+    Target("estimation_vs_drift_ratio_classification_100000", "CBPE time / compute_drift time, 100k x30 window", "",
            None),
     Target("metrics_ms_300_features", "/metrics render, 300 features (ms)", "<=", 10, "{:.2f}"),
     Target("metrics_ms_ratio_100k_vs_3k", "/metrics render, 100k-row vs 3k-row window", "<=", 1.5),
@@ -150,6 +156,10 @@ def run_section(name: str, quick: bool, log: Callable[[str], None], concurrency:
         from benchmarks.drift_bench import run
 
         return run(quick, log)
+    if name == "estimation":
+        from benchmarks.estimation_bench import run as run_estimation
+
+        return run_estimation(quick, log)
     if name == "metrics":
         from benchmarks.metrics_bench import run as run_metrics
 

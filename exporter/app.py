@@ -6,6 +6,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import Body, FastAPI, HTTPException, Request, Response
@@ -198,6 +199,7 @@ def create_app(settings: Settings, *, start_scheduler: bool = True) -> FastAPI:
             if service.quality_result is None
             else {"rows": service.quality_result.rows, "metrics": service.quality_result.metrics},
             "quality_reference": service.quality_reference or None,
+            "estimated_quality": None if service.estimate_result is None else asdict(service.estimate_result),
         }
         return JSONResponse(body)
 

@@ -228,6 +228,10 @@ def cmd_drift(args: argparse.Namespace) -> int:
         shown = ", ".join(f"{k} {v:.4g} (reference {service.quality_reference.get(k, float('nan')):.4g})"
                           for k, v in quality.metrics.items())
         console.print(f"model quality over {quality.rows} labelled predictions: {shown}")
+    estimate = service.estimate_result
+    if estimate is not None and estimate.metrics:
+        shown = ", ".join(f"{k} {m.value:.4g} [{m.lower:.4g}, {m.upper:.4g}]" for k, m in estimate.metrics.items())
+        console.print(f"estimated quality over {estimate.rows} predictions ({estimate.method}, 99% band): {shown}")
     service.stop()
     return 0
 

@@ -38,6 +38,12 @@ class ReferenceSection(_Section):
         default=None,
         description="Column of the reference holding the model's predictions; computed with the model when absent.",
     )
+    check_held_out: bool = Field(
+        default=True,
+        description="When the drift job's worker starts, refit a copy of the model in 5-fold cross-validation on "
+        "the reference and warn when the served model is much better on it: the sign of training rows used as "
+        "reference.",
+    )
 
 
 class FeaturesSection(_Section):

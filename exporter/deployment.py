@@ -32,6 +32,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.pool import NullPool
 
 from exporter.drift import DriftResult, FeatureDrift, PredictionDrift
+from exporter.estimation import EstimateResult
 from exporter.multivariate import MultivariateDrift
 from exporter.quality import QualityResult
 from exporter.report import CachedReport, ColumnVerdict
@@ -47,7 +48,7 @@ runs_table = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("model_version", String(64), nullable=False, index=True),
     Column("created_at", Float, nullable=False),
-    Column("result", Text, nullable=False),  # JSON: drift, quality, the report's column verdicts
+    Column("result", Text, nullable=False),  # JSON: drift, quality, estimated quality, the report's column verdicts
     Column("report", LargeBinary, nullable=True),  # the gzipped HTML report
 )
 
@@ -159,6 +160,7 @@ class StoredRun:
     drift: DriftResult
     quality: QualityResult | None
     report: CachedReport | None
+    estimate: EstimateResult | None = None
 
 
 class RunStore:
@@ -172,10 +174,11 @@ class RunStore:
         metadata.create_all(self.engine)
 
     def save(self, drift: DriftResult, quality: QualityResult | None, report: CachedReport | None,
-             created_at: float | None = None) -> int:
+             created_at: float | None = None, estimate: EstimateResult | None = None) -> int:
         doc = {
             "drift": asdict(drift),
             "quality": None if quality is None else asdict(quality),
+            "estimate": None if estimate is None else asdict(estimate),
             "report": None if report is None else {"built_at": report.built_at, "window_rows": report.window_rows,
                                                    "columns": {k: asdict(v) for k, v in report.columns.items()}},
         }
@@ -211,12 +214,13 @@ class RunStore:
             multivariate=None if d.get("multivariate") is None else MultivariateDrift(**d["multivariate"]),
         )
         quality = None if doc["quality"] is None else QualityResult(**doc["quality"])
+        estimate = None if doc.get("estimate") is None else EstimateResult.from_dict(doc["estimate"])
         report = None
         if doc["report"] is not None and row["report"] is not None:
             r = doc["report"]
             report = CachedReport(bytes(row["report"]), r["built_at"], r["window_rows"],
                                   {k: ColumnVerdict(**v) for k, v in r["columns"].items()})
-        return StoredRun(int(row["id"]), float(row["created_at"]), drift, quality, report)
+        return StoredRun(int(row["id"]), float(row["created_at"]), drift, quality, report, estimate)
 
 
 class Deployment:

@@ -50,6 +50,7 @@ class DriftJob:
             overrides=s.overrides,
             prediction_override=s.prediction_override,
             alpha=cfg.alpha,
+            estimation=s.estimation,
         )
 
     @property
@@ -87,7 +88,7 @@ class DriftJob:
     def _publish_stored(self, run: StoredRun) -> None:
         s = self.service
         # whole objects replaced: readers see one run or the next, never a mix
-        s.drift_result, s.quality_result = run.drift, run.quality
+        s.drift_result, s.quality_result, s.estimate_result = run.drift, run.quality, run.estimate
         if run.report is not None:
             s.report = run.report
         s.job_stats.last_success = run.created_at
@@ -117,12 +118,14 @@ class DriftJob:
         # this thread does.
         finished = time.time()
         try:
-            self.deployment.runs.save(output.drift, output.quality, output.report or s.report, created_at=finished)
+            self.deployment.runs.save(output.drift, output.quality, output.report or s.report, created_at=finished,
+                                      estimate=output.estimate)
         except Exception as exc:  # the database is down: this process serves its run; the others keep theirs
             log.error("drift job: the run could not be stored, so other processes do not see it: %s", exc)
         # Publish by replacing whole objects: readers see one run or the next, never a mix.
         s.drift_result = output.drift
         s.quality_result = output.quality
+        s.estimate_result = output.estimate
         if output.report is not None:
             s.report = output.report
         if output.report_error is not None:

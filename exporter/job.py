@@ -18,6 +18,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from exporter.drift import DriftResult, MethodOverride, Reference, compute_drift
+from exporter.estimation import LABEL, PROBABILITIES, EstimateResult, EstimationSetup, estimate_window
 from exporter.predictions import PredictionStore
 from exporter.quality import QualityResult, quality
 from exporter.report import CachedReport, build_report
@@ -52,6 +53,7 @@ class JobSpec:
     overrides: dict[str, MethodOverride] = field(default_factory=dict)
     prediction_override: MethodOverride = field(default_factory=MethodOverride)
     alpha: float | None = None  # calibrated thresholds' per-run false-flag probability; None: Evidently's thresholds
+    estimation: EstimationSetup | None = None  # label-free quality estimation; fitted once where the runs happen
 
 
 @dataclass
@@ -60,13 +62,47 @@ class JobOutput:
     quality: QualityResult | None
     report: CachedReport | None
     report_error: str | None
-    compute_seconds: float  # window, drift and quality; the report is built after and not counted
+    compute_seconds: float  # window, drift, quality and estimate; the report is built after and not counted
     report_seconds: float = 0.0
+    estimate: EstimateResult | None = None
+    estimate_seconds: float = 0.0  # part of compute_seconds
+
+
+def _check_reference(setup: EstimationSetup) -> None:
+    try:
+        setup.check_reference()
+    except Exception as exc:  # e.g. a model that cannot be cloned and refitted: no check
+        log.info("reference check skipped: %s: %s", type(exc).__name__, exc)
+
+
+def check_in_background(spec: JobSpec) -> None:
+    """The reference rule's check (refitting the model five times) only logs: in the service's own process it runs
+    in a thread of its own, after the first run, rather than delaying it."""
+    if spec.estimation is not None:
+        threading.Thread(target=_check_reference, args=(spec.estimation,), name="exporter-reference-check",
+                         daemon=True).start()
+
+
+def prepare(spec: JobSpec, check: bool = True) -> None:
+    """Fit what the runs reuse (the estimator), once per process that runs the job; a failure is logged, and the
+    runs go on without an estimate. With ``check``, the reference rule's check first."""
+    if spec.estimation is not None:
+        if check:
+            _check_reference(spec.estimation)
+        try:
+            spec.estimation.fit()
+        except Exception as exc:
+            log.error("quality estimation disabled: fitting it on the reference failed: %s: %s",
+                      type(exc).__name__, exc)
+            spec.estimation = None
 
 
 def run_job(spec: JobSpec, store: PredictionStore) -> JobOutput:
     started = time.monotonic()
-    window = store.window(spec.window_size, spec.window_seconds, model_version=spec.model_version)
+    window = store.window(spec.window_size, spec.window_seconds, model_version=spec.model_version,
+                          outcomes=(PROBABILITIES, LABEL) if spec.estimation is not None else None)
+    outcomes = window[[c for c in (PROBABILITIES, LABEL) if c in window]]
+    window = window.drop(columns=list(outcomes.columns))
     result = compute_drift(
         spec.reference,
         window,
@@ -80,6 +116,14 @@ def run_job(spec: JobSpec, store: PredictionStore) -> JobOutput:
     if spec.with_quality:
         labels, preds, probas = store.labelled_window(spec.window_size, spec.model_version)
         quality_result = quality(spec.task, labels, preds, probas, spec.classes)
+    estimate, estimate_seconds = None, 0.0
+    if spec.estimation is not None and result.skipped_reason is None:
+        estimate_started = time.monotonic()
+        try:
+            estimate = estimate_window(spec.estimation, window.join(outcomes))
+        except Exception as exc:  # the drift and realized quality of the run stand without it
+            log.error("quality estimation failed: %s: %s", type(exc).__name__, exc)
+        estimate_seconds = time.monotonic() - estimate_started
     compute_seconds = time.monotonic() - started
     report = report_error = None
     report_started = time.monotonic()
@@ -89,7 +133,7 @@ def run_job(spec: JobSpec, store: PredictionStore) -> JobOutput:
         except Exception as exc:
             report_error = f"{type(exc).__name__}: {exc}"
     return JobOutput(result, quality_result, report, report_error, compute_seconds,
-                     time.monotonic() - report_started)
+                     time.monotonic() - report_started, estimate, estimate_seconds)
 
 
 class InProcessRunner:
@@ -100,16 +144,24 @@ class InProcessRunner:
     def __init__(self, spec: JobSpec) -> None:
         self.spec = spec
         self.store = PredictionStore(spec.database_url)
+        self._prepared = False
 
     def run(self, timeout: float) -> JobOutput:
         if threading.current_thread() is not threading.main_thread():
             lower_priority()  # the scheduler's thread, not a CLI's or a caller's main thread
         evidently_stattests()  # imported once, on the first run: not part of any run's time
+        first = not self._prepared
+        if first:
+            prepare(self.spec, check=False)  # once, on the first run: not part of any run's time
+            self._prepared = True
         started = time.monotonic()
         try:
             output = run_job(self.spec, self.store)
         except Exception as exc:
             raise JobError(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            if first:
+                check_in_background(self.spec)
         took = time.monotonic() - started
         if took > timeout:
             raise JobTimeout(f"run took {took:.2f}s, over the {timeout:g}s timeout; its result was discarded")
@@ -128,8 +180,11 @@ def lower_priority() -> None:
 
 def _worker_main(conn: Connection, spec: JobSpec) -> None:
     lower_priority()
+    if not logging.getLogger().handlers:  # a spawned process: log as the service does (exporter.cli)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store = PredictionStore(spec.database_url)
     evidently_stattests()  # Evidently's import takes seconds: before "ready", so no run's timeout pays it
+    prepare(spec)  # the estimator is fitted once per worker, before "ready" too
     conn.send("ready")  # imports and the spec are loaded: the runner times runs from here
     while True:
         try:

@@ -202,6 +202,7 @@ class ExporterCollector(Collector):
             for name, value in s.quality_reference.items():
                 ref.add_metric([name], value)
             yield ref
+        yield from self._estimate()
         q = s.quality_result
         if q is None:
             return
@@ -211,6 +212,30 @@ class ExporterCollector(Collector):
             for name, value in q.metrics.items():
                 g.add_metric([name], value)
             yield g
+
+
+    def _estimate(self) -> Iterator[Metric]:
+        e = self.service.estimate_result
+        if e is None or not e.metrics:
+            return
+        families = {
+            "value": _gauge("model_quality_estimated", "Model quality estimated without labels over the drift window "
+                            "(CBPE for classification, DLE for regression).", labels=["metric"]),
+            "lower": _gauge("model_quality_estimated_lower", "Lower end of the 99% sampling band of the estimate.",
+                            labels=["metric"]),
+            "upper": _gauge("model_quality_estimated_upper", "Upper end of the 99% sampling band of the estimate.",
+                            labels=["metric"]),
+        }
+        for name, m in e.metrics.items():
+            for part, family in families.items():
+                family.add_metric([name], getattr(m, part))
+        yield from families.values()
+        if e.error:
+            err = _gauge("model_quality_estimation_error", "Estimate minus realized quality on the labelled rows of "
+                         "the drift window.", labels=["metric"])
+            for name, value in e.error.items():
+                err.add_metric([name], value)
+            yield err
 
 
 def build_registry(service: Service, drift: bool = True, shared: Collector | None = None) -> CollectorRegistry:

@@ -223,15 +223,17 @@ class PredictionStore:
 
     def window(
         self, size: int, max_age_seconds: float | None = None, now: float | None = None,
-        model_version: str | None = None,
+        model_version: str | None = None, outcomes: tuple[str, str] | None = None,
     ) -> pd.DataFrame:
         """The latest ``size`` predictions (optionally only those newer than ``max_age_seconds``, only those of
         ``model_version``), oldest first.
 
-        Columns: the features, ``prediction`` and ``created_at``.
+        Columns: the features, ``prediction`` and ``created_at``; with ``outcomes`` (two column names) also the
+        rows' probabilities and labels (None where absent), read in the same query so they match the rows.
         """
         t = predictions_table.c
-        query = select(t.created_at, t.features, t.prediction).order_by(t.id.desc()).limit(size)
+        columns = [t.created_at, t.features, t.prediction] + ([t.probabilities, t.label] if outcomes else [])
+        query = select(*columns).order_by(t.id.desc()).limit(size)
         if model_version is not None:
             query = query.where(t.model_version == model_version)
         if max_age_seconds is not None:
@@ -242,6 +244,9 @@ class PredictionStore:
         frame = pd.DataFrame.from_records([json.loads(r.features) for r in rows])
         frame["prediction"] = [json.loads(r.prediction) for r in rows]
         frame["created_at"] = [r.created_at for r in rows]
+        if outcomes:
+            frame[outcomes[0]] = [None if r.probabilities is None else json.loads(r.probabilities) for r in rows]
+            frame[outcomes[1]] = [None if r.label is None else json.loads(r.label) for r in rows]
         return frame
 
     def dispose(self) -> None:

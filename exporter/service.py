@@ -20,6 +20,7 @@ import pandas as pd
 from exporter.config import Settings
 from exporter.drift import CATEGORICAL, NUMERICAL, DriftResult, MethodOverride, Reference
 from exporter.drift_job import DriftJob
+from exporter.estimation import EstimateResult, EstimationSetup, setup_from_reference
 from exporter.features import FeatureTypeError, FeatureTypes, read_reference
 from exporter.guard import RequestPathError, check_request_path
 from exporter.model import Model, Predictions
@@ -122,6 +123,7 @@ class Service:
         except ValueError as exc:
             raise StartupError(f"{ref_path}: {exc}") from exc
         self.quality_reference: dict[str, float] = {}
+        self.estimation: EstimationSetup | None = None
         if settings.target is not None:
             if settings.target not in frame.columns:
                 raise StartupError(f"{ref_path}: reference data lacks the target column {settings.target!r}")
@@ -133,6 +135,10 @@ class Service:
                 None if ref_probas is None else [p for p, ok in zip(ref_probas, labelled, strict=True) if ok],
                 self.model.classes,
             ).metrics
+            check = (str(settings.resolve(settings.model.path)), self.model.features)
+            self.estimation = setup_from_reference(
+                settings.model.task, self.model.classes, frame, settings.target, ref_predictions, ref_probas,
+                features.numerical, features.categorical, check if settings.reference.check_held_out else None)
 
         self.store = PredictionStore(settings.resolved_database_url)
         try:
@@ -153,6 +159,7 @@ class Service:
         self.job_stats = JobStats()
         self.drift_result: DriftResult | None = None
         self.quality_result: QualityResult | None = None
+        self.estimate_result: EstimateResult | None = None
         self.report: CachedReport | None = None
         self.overrides = {
             name: MethodOverride(cfg.method, cfg.threshold) for name, cfg in settings.drift.per_feature.items()

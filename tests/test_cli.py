@@ -50,6 +50,8 @@ def test_simulate_then_drift_table(demo_dir: Path, tmp_path: Path) -> None:
     assert "multivariate drift: pca_reconstruction" in table.stdout
     accuracy = float(table.stdout.split("accuracy ")[1].split()[0])
     assert 0.35 < accuracy < 0.65  # half the labels were sent wrong on purpose
+    # estimated without labels (so the wrong labels do not move it), with its 99% band
+    assert "estimated quality over 400 predictions (cbpe, 99% band): accuracy " in table.stdout
 
 
 def test_simulate_rejects_unknown_scenario() -> None:

@@ -196,8 +196,9 @@ def test_b_shifted_feature_alert_reaches_the_webhook(stack: Stack) -> None:
 
 # Queries that cannot have data in this stack, with the reason. Keyed by (dashboard uid, panel title, refId).
 NO_DATA_EXPECTED = {
-    ("model-quality", "Regression error vs reference", "A"): "mae/rmse exist only for regression; the demo classifies",
-    ("model-quality", "Regression error vs reference", "B"): "mae/rmse exist only for regression; the demo classifies",
+    ("model-quality", f"{metric}: realized, estimated, reference", ref): "mae/rmse exist only for regression; the "
+    "demo classifies"
+    for metric in ("mae", "rmse") for ref in "ABCDE"
 }
 VARIABLES = {"feature": SHIFTED, "handler": "/predict", "__rate_interval": "1m", "__interval": "15s", "__range": "6h"}
 # Series Prometheus makes for every scrape target (not in any /metrics page).

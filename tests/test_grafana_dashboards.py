@@ -63,6 +63,10 @@ EXPORTED_METRICS: dict[str, str] = {
     # quality
     "model_quality": "gauge",
     "model_quality_reference": "gauge",
+    "model_quality_estimated": "gauge",
+    "model_quality_estimated_lower": "gauge",
+    "model_quality_estimated_upper": "gauge",
+    "model_quality_estimation_error": "gauge",
     "model_quality_window_rows": "gauge",
     "model_feedback_total": "counter",
     "model_feedback_dropped_total": "counter",

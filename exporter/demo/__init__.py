@@ -35,7 +35,10 @@ model:
   task: classification        # or: regression
 
 reference:
-  path: reference.csv         # the training rows (CSV or Parquet): features and target
+  path: reference.csv         # held-out rows (CSV or Parquet): features and target, data the model was NOT trained on
+  # (estimated quality calibrates on it; training rows make every estimate too optimistic). The demo's model is
+  # trained on rows drawn from the penguins' population; the recorded rows here are held out.
+  # check_held_out: true      # warn at start when the reference looks like training data
   # prediction_column: prediction   # optional; computed with the model when absent
 
 features:
@@ -91,14 +94,33 @@ def build_pipeline() -> Pipeline:
             ),
         ]
     )
-    return Pipeline([("pre", pre), ("clf", LogisticRegression(max_iter=1000))])
+    # C=100 (weak regularisation): on these nearly separable species the default C=1 gives underconfident
+    # probabilities (measured on 20000 fresh rows: mean confidence 0.987 against accuracy 0.993), which a reference
+    # of 333 rows with one error cannot calibrate; at C=100 they match (0.9935 against 0.9937), so the estimated
+    # quality of the demo is CBPE's, not a calibration artefact.
+    return Pipeline([("pre", pre), ("clf", LogisticRegression(C=100.0, max_iter=5000))])
+
+
+TRAINING_ROWS = 2000
+TRAINING_SEED = 20070101
+
+
+def training_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The demo's training set: fresh rows of the penguins' population (Traffic "none"), never the recorded rows,
+    which are the reference. A reference must be data the model was not trained on: estimated quality (and the
+    reference quality baseline) would otherwise be the model's in-sample quality, too optimistic. Splitting the
+    333 recorded rows would leave a reference too small for the drift tests; training on a sample of their
+    population keeps every recorded row held out."""
+    records, labels = Traffic("none", seed=TRAINING_SEED, reference=frame).records(TRAINING_ROWS)
+    return pd.DataFrame.from_records(records, columns=NUMERICAL + CATEGORICAL), labels
 
 
 def write_demo(out: Path) -> Path:
     """Train the demo model and write model.joblib, reference.csv and config.yaml into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     frame = load_dataset()
-    model = build_pipeline().fit(frame[NUMERICAL + CATEGORICAL], frame[TARGET])
+    features, labels = training_rows(frame)
+    model = build_pipeline().fit(features, labels)
     joblib.dump(model, out / "model.joblib")
     frame.to_csv(out / "reference.csv", index=False)
     config = out / "config.yaml"
