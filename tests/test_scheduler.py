@@ -42,14 +42,17 @@ def test_slow_job_never_overlaps_and_predict_keeps_answering(demo_dir: Path, tmp
     service.run_drift_job = slow_job
     with TestClient(app) as client:
         latencies = []
-        deadline = time.monotonic() + 3.5
-        while time.monotonic() < deadline:
+        begun = time.monotonic()
+        # at least 3.5 s, and until a second run has started (a first run on a busy machine can take seconds:
+        # it calibrates the thresholds and fits the estimators)
+        while time.monotonic() < begun + 3.5 or (calls < 2 and time.monotonic() < begun + 20):
             started = time.monotonic()
             assert client.post("/predict", json=GOOD).status_code == 200
             latencies.append(time.monotonic() - started)
             time.sleep(0.02)
+        elapsed, counted = time.monotonic() - begun, calls
     assert max_running == 1
-    assert 2 <= calls <= 4  # coalesced: not one per missed 0.2 s tick
+    assert 2 <= counted <= 1 + elapsed / 1.5  # coalesced: runs of 1.5 s back to back, not one per missed 0.2 s tick
     assert max(latencies) < 1.0  # a blocked event loop would wait out a whole 1.5 s run
     assert service.job_stats.runs >= 2 and service.job_stats.failures == 0
 
