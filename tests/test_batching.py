@@ -277,3 +277,25 @@ def test_live_server_gathers_concurrent_requests_and_logs_each(config: Path, tmp
         stored = sorted(r[0] for r in conn.execute(text("SELECT request_id FROM predictions")))
     engine.dispose()
     assert json.dumps(stored) == ids
+
+
+def test_histograms_summed_over_workers(config: Path) -> None:
+    """--workers 2 (multiprocess mode): every scrape, whichever worker answers, counts every row once."""
+    rows = records(200, seed=10)
+    with live_server(config, workers=2) as server:
+
+        def client(part: list[dict[str, Any]]) -> None:
+            with httpx.Client(base_url=server.url, timeout=30) as http:
+                for r in part:
+                    assert http.post("/predict", json=r).status_code == 200
+
+        threads = [threading.Thread(target=client, args=(rows[i::8],)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        server.wait_for(lambda m: sample(m, "model_batch_rows_sum") == len(rows), timeout=30)
+        for _ in range(6):  # scrapes land on either worker
+            m = server.metrics()
+            assert sample(m, "model_batch_rows_sum") == len(rows)
+            assert sample(m, "model_inference_duration_seconds_count") == sample(m, "model_batch_rows_count")
