@@ -10,7 +10,8 @@ requests are known to be arriving (their bodies being read or validated, counted
 wait for them, at most ``max_wait_ms``. It runs the call in one dedicated thread, so the event loop keeps parsing
 the next requests meanwhile, and these gather for the next call (continuous batching).
 
-Each request keeps its own answers, request_ids, logged rows and count (``Service.answer`` per request). When the
+Each request keeps its own answers, request_ids, logged rows and count (``Service.answer`` per request, run in
+the request's own contextvars, so tracing or log context set by middleware follows its rows). When the
 model refuses a gathered batch (ValueError / TypeError), each request is retried alone, so only the culprit gets
 its 422 and is counted as a prediction error; a non-finite output fails only the request whose rows it is in.
 """
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from exporter.service import PredictionError
 
 if TYPE_CHECKING:
+    from exporter.model import Predictions
     from exporter.service import Service
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,8 @@ BATCHED_PATHS = frozenset({"/predict", "/predict/batch"})
 class _Waiting:
     records: list[dict[str, Any]]
     future: asyncio.Future[Answers] = field(repr=False)
+    # the request's contextvars (tracing, log context): its answers are built and logged inside them
+    context: contextvars.Context = field(default_factory=contextvars.copy_context, repr=False)
 
 
 # The arrival a request holds (a one-item list: True until the request is queued or finished), shared between
@@ -50,30 +54,32 @@ class _Waiting:
 _arrival: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar("batching_arrival", default=None)
 
 
-def predict_gathered(service: Service, requests: list[list[dict[str, Any]]]) -> list[Outcome]:
-    """One model call for several requests' records; each request's answers, or its own PredictionError."""
+def predict_gathered(
+    service: Service, requests: list[list[dict[str, Any]]], contexts: list[contextvars.Context] | None = None
+) -> list[Outcome]:
+    """One model call for several requests' records; each request's answers, or its own PredictionError. With
+    ``contexts`` (one per request), each request's answers are built and logged in its own context."""
+    run = [c.run for c in contexts] if contexts is not None else [_call] * len(requests)
     if len(requests) == 1:
-        return [_alone(service, requests[0])]
+        return [run[0](_alone, service, requests[0])]
     flat = [r for records in requests for r in records]
     try:
         result = service.infer(flat, alone=False)
     except (ValueError, TypeError) as exc:
         log.info("the model refused a gathered batch of %d requests (%s); retrying them one by one",
                  len(requests), type(exc).__name__)
-        return [_alone(service, records) for records in requests]
+        return [run[i](_alone, service, records) for i, records in enumerate(requests)]
     outcomes: list[Outcome] = []
     start = 0
-    for records in requests:
+    for i, records in enumerate(requests):
         share = result.rows(start, start + len(records))
         start += len(records)
-        if share.finite:
-            outcomes.append(service.answer(records, share))
-        else:
-            try:
-                service.refuse_non_finite()
-            except PredictionError as exc:
-                outcomes.append(exc)
+        outcomes.append(run[i](_answer, service, records, share))
     return outcomes
+
+
+def _call(fn: Callable[..., Outcome], *args: Any) -> Outcome:
+    return fn(*args)
 
 
 def _alone(service: Service, records: list[dict[str, Any]]) -> Outcome:
@@ -81,6 +87,15 @@ def _alone(service: Service, records: list[dict[str, Any]]) -> Outcome:
         return service.predict(records)
     except PredictionError as exc:
         return exc
+
+
+def _answer(service: Service, records: list[dict[str, Any]], share: Predictions) -> Outcome:
+    if not share.finite:
+        try:
+            service.refuse_non_finite()
+        except PredictionError as exc:
+            return exc
+    return service.answer(records, share)
 
 
 class Batcher:
@@ -176,7 +191,7 @@ class Batcher:
                 continue
             try:
                 outcomes = await loop.run_in_executor(
-                    executor, predict_gathered, self.service, [w.records for w in batch]
+                    executor, predict_gathered, self.service, [w.records for w in batch], [w.context for w in batch]
                 )
             except Exception as exc:  # a bug rather than the model's refusal: fail these requests, keep serving
                 log.exception("a gathered model call failed")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import random
 import threading
@@ -299,3 +300,27 @@ def test_histograms_summed_over_workers(config: Path) -> None:
             m = server.metrics()
             assert sample(m, "model_batch_rows_sum") == len(rows)
             assert sample(m, "model_inference_duration_seconds_count") == sample(m, "model_batch_rows_count")
+
+
+def test_each_request_is_logged_in_its_own_context(service: Service) -> None:
+    """Tracing or log context that middleware puts in contextvars follows each request's rows, even though a
+    gathered call computes them in the model thread."""
+    tag: contextvars.ContextVar[str] = contextvars.ContextVar("tag", default="none")
+    seen: list[tuple[str, int]] = []
+    service.prediction_log.enqueue = lambda rows: seen.append((tag.get(), len(rows))) or 0  # type: ignore[method-assign]
+
+    async def one(batcher: Batcher, name: str, recs: list[dict[str, Any]]) -> None:
+        tag.set(name)
+        await batcher.predict(recs)
+
+    async def main() -> None:
+        batcher = Batcher(service, max_batch_size=64, max_wait_ms=0)
+        batcher.start()
+        try:
+            rows = records(20, seed=11)
+            await asyncio.gather(*(one(batcher, f"r{i}", rows[i:i + 1 + i % 3]) for i in range(8)))
+        finally:
+            await batcher.stop()
+
+    asyncio.run(main())
+    assert sorted(seen) == sorted((f"r{i}", len(records(20, seed=11)[i:i + 1 + i % 3])) for i in range(8))
