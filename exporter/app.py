@@ -163,16 +163,17 @@ def create_app(settings: Settings, *, start_scheduler: bool = True) -> FastAPI:
             return {"predictions": _predict(batch.records)}  # type: ignore[attr-defined]
 
     else:  # concurrent calls gathered into one model call (exporter.batching)
+        gathered = batcher.predict
 
         @app.post("/predict", response_model=PredictionResponse, response_model_exclude_none=True, tags=["model"],
                   description=predict_doc, name="predict")  # the same operationId as without batching
         async def predict_gathered(record: Annotated[Record, Body()]) -> Any:  # type: ignore[valid-type]
-            return (await batcher.predict([record.model_dump()]))[0]  # type: ignore[attr-defined]
+            return (await gathered([record.model_dump()]))[0]  # type: ignore[attr-defined]
 
         @app.post("/predict/batch", response_model=BatchPredictionResponse, response_model_exclude_none=True,
                   tags=["model"], description=batch_doc, name="predict_batch")
         async def predict_batch_gathered(batch: Batch) -> Any:  # type: ignore[valid-type]
-            return {"predictions": await batcher.predict([r.model_dump() for r in batch.records])}  # type: ignore[attr-defined]
+            return {"predictions": await gathered([r.model_dump() for r in batch.records])}  # type: ignore[attr-defined]
 
     def _feedback(items: list[Any]) -> FeedbackAccepted:
         if classes:

@@ -13,7 +13,8 @@ the next requests meanwhile, and these gather for the next call (continuous batc
 Each request keeps its own answers, request_ids, logged rows and count (``Service.answer`` per request, run in
 the request's own contextvars, so tracing or log context set by middleware follows its rows). When the
 model refuses a gathered batch (ValueError / TypeError), each request is retried alone, so only the culprit gets
-its 422 and is counted as a prediction error; a non-finite output fails only the request whose rows it is in.
+its 422 and is counted as a prediction error (any other exception, too, reaches only the request that raises it
+alone); a non-finite output fails only the request whose rows it is in.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Answers = list[dict[str, Any]]
-Outcome = Answers | PredictionError
+Outcome = Answers | Exception  # a request's answers, or what it gets alone: PredictionError (422), another error (500)
 BATCHED_PATHS = frozenset({"/predict", "/predict/batch"})
 
 
@@ -57,7 +58,7 @@ _arrival: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar("ba
 def predict_gathered(
     service: Service, requests: list[list[dict[str, Any]]], contexts: list[contextvars.Context] | None = None
 ) -> list[Outcome]:
-    """One model call for several requests' records; each request's answers, or its own PredictionError. With
+    """One model call for several requests' records; each request's answers, or its own error. With
     ``contexts`` (one per request), each request's answers are built and logged in its own context."""
     run = [c.run for c in contexts] if contexts is not None else [_call] * len(requests)
     if len(requests) == 1:
@@ -65,7 +66,7 @@ def predict_gathered(
     flat = [r for records in requests for r in records]
     try:
         result = service.infer(flat, alone=False)
-    except (ValueError, TypeError) as exc:
+    except Exception as exc:  # ValueError / TypeError: a refusal; anything else: each request meets it alone
         log.info("the model refused a gathered batch of %d requests (%s); retrying them one by one",
                  len(requests), type(exc).__name__)
         return [run[i](_alone, service, records) for i, records in enumerate(requests)]
@@ -85,7 +86,7 @@ def _call(fn: Callable[..., Outcome], *args: Any) -> Outcome:
 def _alone(service: Service, records: list[dict[str, Any]]) -> Outcome:
     try:
         return service.predict(records)
-    except PredictionError as exc:
+    except Exception as exc:  # as the request would have met it without batching
         return exc
 
 
@@ -202,7 +203,7 @@ class Batcher:
             for w, outcome in zip(batch, outcomes, strict=True):
                 if w.future.done():
                     continue
-                if isinstance(outcome, PredictionError):
+                if isinstance(outcome, Exception):
                     w.future.set_exception(outcome)
                 else:
                     w.future.set_result(outcome)

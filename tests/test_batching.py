@@ -32,13 +32,14 @@ class Refusing:
     """Wraps the demo pipeline; raises ValueError when any row has the poison body mass, as scikit-learn refuses an
     input (an unseen category with handle_unknown='error', a wrong dtype)."""
 
-    def __init__(self, estimator: Any) -> None:
+    def __init__(self, estimator: Any, error: type[Exception] = ValueError) -> None:
         self.inner = estimator
         self.classes_ = estimator.classes_
+        self.error = error
 
     def _check(self, X: Any) -> None:
         if (X["body_mass_g"] == POISON).any():
-            raise ValueError("poisoned row")
+            raise self.error("poisoned row")
 
     def predict(self, X: Any) -> Any:
         self._check(X)
@@ -137,6 +138,18 @@ def test_a_model_refusal_fails_only_the_culprit(service: Service) -> None:
         service.model.predict([r]).values[0]
         for i, r in enumerate(rows) if i != 7 and not 20 <= i < 30
     ]
+
+
+def test_an_unexpected_model_error_reaches_only_its_request(service: Service) -> None:
+    """Not a refusal (a bug in a custom estimator): the request that raises it alone gets it (a 500, as without
+    batching); its batch-mates are answered."""
+    service.model.estimator = Refusing(service.model.estimator, RuntimeError)
+    rows = records(10, seed=12)
+    rows[2]["body_mass_g"] = POISON
+    outcomes = predict_gathered(service, [[r] for r in rows])
+    assert [type(o).__name__ for o in outcomes if not isinstance(o, list)] == ["RuntimeError"]
+    assert isinstance(outcomes[2], RuntimeError)
+    assert service.predictions_total == len(rows) - 1
 
 
 def test_a_non_finite_output_fails_only_its_request(service: Service) -> None:
