@@ -337,3 +337,25 @@ def test_each_request_is_logged_in_its_own_context(service: Service) -> None:
 
     asyncio.run(main())
     assert sorted(seen) == sorted((f"r{i}", len(records(20, seed=11)[i:i + 1 + i % 3])) for i in range(8))
+
+
+def test_routes_answer_the_same_with_batching_on_and_off(config: Path) -> None:
+    """The same records, sent by 16 concurrent clients to an app with batching on and one by one to an app with
+    batching off: the same predictions, the probabilities to floating-point rounding."""
+    rows = records(240, seed=13)
+    answers: dict[int, list[dict[str, Any]]] = {}
+    for size in (64, 1):
+        app = create_app(load_settings(config, batching={"max_batch_size": size}), start_scheduler=False)
+        with TestClient(app) as client:
+            if size > 1:
+                with ThreadPoolExecutor(16) as pool:
+                    answers[size] = list(pool.map(lambda r: client.post("/predict", json=r).json(), rows))
+                metrics = parse_metrics(client.get("/metrics").text)
+                assert sample(metrics, "model_batch_rows_sum") == len(rows)
+            else:
+                answers[size] = [client.post("/predict", json=r).json() for r in rows]
+    on, off = answers[64], answers[1]
+    assert [a["prediction"] for a in on] == [a["prediction"] for a in off]
+    for a, b in zip(on, off, strict=True):
+        assert a["probabilities"].keys() == b["probabilities"].keys()
+        assert all(abs(a["probabilities"][k] - b["probabilities"][k]) < 1e-12 for k in a["probabilities"])
