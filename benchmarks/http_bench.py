@@ -243,3 +243,57 @@ def bench_drift_latency(quick: bool, log: Any, concurrency: int = 8) -> dict[str
                                                isolation, log)
             out.update({f"{k}{suffix}": v for k, v in result.items()})
     return out
+
+
+BATCHING_CONCURRENCY = (16, 64)
+
+
+def bench_batching(quick: bool, log: Any) -> dict[str, Any]:
+    """Two servers, identical but for ``batching.max_batch_size`` (64: on, the default; 1: off, each request its own
+    model call in the threadpool), measured in alternation at 16 and 64 connections and with one lone client."""
+    rounds, warmup, duration = (2, 0.5, 2.0) if quick else (5, 1.0, 5.0)
+    variants = {"on": {"max_batch_size": 64}, "off": {"max_batch_size": 1}}
+    levels = (*BATCHING_CONCURRENCY, 1)
+    runs: dict[tuple[str, int], list[dict[str, Any]]] = {(v, c): [] for v in variants for c in levels}
+    with tempfile.TemporaryDirectory(prefix="bench-batching-") as tmp_name:
+        tmp = Path(tmp_name)
+        bodies = _bodies(tmp)
+        srv = {
+            v: Server(demo_config(tmp / f"batching-{v}", database_url="sqlite:///predictions.db",
+                                  drift={"report": False}, batching=cfg), "on")
+            for v, cfg in variants.items()
+        }
+        with servers(*srv.values()):
+            for s in srv.values():  # first requests (imports, caches) outside the measurement
+                loadgen(s, bodies, 16, 0.0, 0.5)
+            for r in range(rounds):
+                for c in levels:
+                    order = ["on", "off"] if (r + levels.index(c)) % 2 == 0 else ["off", "on"]
+                    for v in order:
+                        res = loadgen(srv[v], bodies, c, warmup, duration)
+                        runs[(v, c)].append(res)
+                        log(f"batching round {r + 1}/{rounds} {v:>3} x{c:<2}: {res['throughput']:.0f} req/s "
+                            f"p50 {res['p50_ms']:.1f} ms p99 {res['p99_ms']:.1f} ms, server CPU "
+                            f"{res['server_cpu_ms_per_request']:.2f} ms/request")
+            time.sleep(1.5)  # let the writer flush its last batch
+            counts = srv["on"].metrics()
+    out: dict[str, Any] = {"batching_rounds": rounds, "batching_seconds_per_run": duration,
+                           "batching_max_batch_size": 64}
+    for (v, c), results in runs.items():
+        for stat in ("p50_ms", "p99_ms", "throughput", "server_cpu_ms_per_request"):
+            out[f"batching_{v}_{c}_{stat}"] = median(r[stat] for r in results)
+
+    def paired(c: int, stat: str) -> float:
+        return median(a[stat] / b[stat] for a, b in zip(runs[("on", c)], runs[("off", c)], strict=True))
+
+    for c in BATCHING_CONCURRENCY:
+        out[f"batching_throughput_ratio_{c}"] = paired(c, "throughput")
+        out[f"batching_p99_ratio_{c}"] = paired(c, "p99_ms")
+        out[f"batching_cpu_per_request_ratio_{c}"] = paired(c, "server_cpu_ms_per_request")
+    out["batching_lone_p50_added_ms"] = median(
+        a["p50_ms"] - b["p50_ms"] for a, b in zip(runs[("on", 1)], runs[("off", 1)], strict=True)
+    )
+    calls = counts.get("model_batch_rows_count", float("nan"))
+    out["batching_mean_rows_per_call"] = counts.get("model_batch_rows_sum", float("nan")) / calls if calls else None
+    out["batching_rows_dropped"] = counts.get("model_prediction_log_dropped_total", float("nan"))
+    return out

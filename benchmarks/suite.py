@@ -17,7 +17,7 @@ from typing import Any
 
 from benchmarks.common import BENCH_DIR, ROOT, busy_processes, loadavg, machine_info, write_json
 
-SECTIONS = ("logging", "drift_latency", "drift", "estimation", "metrics", "memory", "scaleout")
+SECTIONS = ("logging", "batching", "drift_latency", "drift", "estimation", "metrics", "memory", "scaleout")
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,12 @@ TARGETS = [
     Target("seed_style_p99_ratio", "/predict p99, seed style (INSERT per request) / off", "", None),
     Target("seed_style_throughput_ratio", "/predict throughput, seed style / off", "", None),
     Target("seed_style_cpu_per_request_ratio", "server CPU per request, seed style / off", "", None),
+    Target("batching_throughput_ratio_16", "/predict throughput, batching on / off, 16 clients", ">=", 3.0),
+    Target("batching_p99_ratio_16", "/predict p99, batching on / off, 16 clients", "<=", 0.5),
+    Target("batching_throughput_ratio_64", "/predict throughput, batching on / off, 64 clients", "", None),
+    Target("batching_p99_ratio_64", "/predict p99, batching on / off, 64 clients", "", None),
+    Target("batching_lone_p50_added_ms", "/predict p50 of a lone client, batching on - off (ms)", "<=", 1.0,
+           "{:.2f}"),
     Target("drift_speedup_3000x30", "drift speedup vs DataDriftPreset, 3000x30", ">=", 25, "{:.1f}"),
     Target("drift_speedup_100000x30", "drift speedup vs DataDriftPreset, 100000x30", ">=", 25, "{:.1f}"),
     Target("drift_speedup_10000x1000", "drift speedup vs DataDriftPreset, 10000x1000", ">=", 25, "{:.1f}"),
@@ -148,6 +154,10 @@ def run_section(name: str, quick: bool, log: Callable[[str], None], concurrency:
         from benchmarks.http_bench import bench_logging
 
         return bench_logging(quick, log, concurrency)
+    if name == "batching":
+        from benchmarks.http_bench import bench_batching
+
+        return bench_batching(quick, log)
     if name == "drift_latency":
         from benchmarks.http_bench import bench_drift_latency
 

@@ -135,6 +135,18 @@ class PredictionLogSection(_Section):
     retention: RetentionSection = Field(default_factory=RetentionSection)
 
 
+class BatchingSection(_Section):
+    max_batch_size: int = Field(
+        default=64, ge=1, le=100_000,
+        description="Most rows gathered into one model call from concurrent /predict and /predict/batch calls; "
+        "1 turns batching off.",
+    )
+    max_wait_ms: float = Field(
+        default=2.0, ge=0, le=100,
+        description="Longest a gathered call waits for requests already arriving (never when a request is alone).",
+    )
+
+
 class AuthSection(_Section):
     token: str | None = Field(
         default=None,
@@ -163,6 +175,7 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///./.exporter/predictions.db"
     drift: DriftSection = Field(default_factory=DriftSection)
     prediction_log: PredictionLogSection = Field(default_factory=PredictionLogSection)
+    batching: BatchingSection = Field(default_factory=BatchingSection)
     max_batch_records: int = Field(default=1000, ge=1)
     max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024, description="Larger request bodies get 413.")
     auth: AuthSection = Field(default_factory=AuthSection)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -72,6 +72,33 @@ COUNTERS = (
 )
 QUEUE_GAUGE, QUEUE_HELP = "model_prediction_log_queue_rows", "Prediction rows waiting to be written."
 SHARED_NAMES = frozenset({c.name for c in COUNTERS} | {QUEUE_GAUGE})  # the families summed over the workers
+
+
+BATCH_ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+INFERENCE_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class ModelCallMetrics:
+    """Histograms of the model calls: rows per call (how well concurrent requests are gathered) and the call's
+    duration (frame building and the estimator). prometheus_client objects, not plain numbers as COUNTERS: with
+    several workers (multiprocess mode) they write to the multiprocess files and reach /metrics summed over the
+    workers, as the instrumentator's HTTP histograms do (pass ``registry=None`` then, and build them once per
+    process: two objects for one series would overwrite each other's file entry); with one process, the app's
+    registry."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.rows = Histogram(
+            "model_batch_rows", "Rows per model call (concurrent requests gathered into one call; batching).",
+            buckets=BATCH_ROWS_BUCKETS, registry=registry,
+        )
+        self.seconds = Histogram(
+            "model_inference_duration_seconds", "Duration of one model call (request frame and estimator).",
+            buckets=INFERENCE_BUCKETS, registry=registry,
+        )
+
+    def observe(self, rows: int, seconds: float) -> None:
+        self.rows.observe(rows)
+        self.seconds.observe(seconds)
 
 
 class ExporterCollector(Collector):

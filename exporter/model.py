@@ -39,6 +39,11 @@ class Predictions:
             numbers += [p for row in self.probabilities for p in row.values()]
         return all(math.isfinite(v) for v in numbers)
 
+    def rows(self, start: int, stop: int) -> Predictions:
+        """The predictions of rows ``start:stop`` (one request's share of a gathered model call)."""
+        probabilities = None if self.probabilities is None else self.probabilities[start:stop]
+        return Predictions(self.values[start:stop], probabilities)
+
 
 class Model:
     def __init__(self, estimator: Any, types: FeatureTypes, task: str) -> None:

@@ -13,7 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pandas as pd
 
@@ -41,6 +41,17 @@ log = logging.getLogger(__name__)
 
 class PredictionError(Exception):
     """The model could not predict on valid-looking input (it raised, or gave a non-finite output)."""
+
+
+class CallObserver(Protocol):
+    """Where model calls are counted (exporter.metrics.ModelCallMetrics, attached by the app)."""
+
+    def observe(self, rows: int, seconds: float) -> None: ...
+
+
+class _Unobserved:
+    def observe(self, rows: int, seconds: float) -> None:
+        pass
 
 
 class StartupError(Exception):
@@ -156,6 +167,7 @@ class Service:
         self.feedback_replaced = 0
         self.pruned_total = 0
         self._counter_lock = threading.Lock()
+        self.model_calls: CallObserver = _Unobserved()  # the app attaches its histograms
         self.job_stats = JobStats()
         self.drift_result: DriftResult | None = None
         self.quality_result: QualityResult | None = None
@@ -206,16 +218,35 @@ class Service:
 
     # -- predictions -------------------------------------------------------------------------------------------
     def predict(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One request's records -> answers (logged and counted); PredictionError when the model refuses them."""
+        return self.answer(records, self.infer(records))
+
+    def infer(self, records: list[dict[str, Any]], *, alone: bool = True) -> Predictions:
+        """One model call, timed and counted in the model-call histograms. ``alone``: the records are one request's,
+        so a refusal is that request's error (counted, logged); a gathered batch's refusal is retried request by
+        request by exporter.batching, which counts only the culprits."""
+        started = time.perf_counter()
         try:
             result: Predictions = self.model.predict(records)
         except (ValueError, TypeError) as exc:  # scikit-learn's way of refusing an input
+            if not alone:
+                raise
             self._count_error()
             log.warning("the model refused a valid request: %s: %s", type(exc).__name__, _one_line(exc))
             # The model's own message names its internals; the client gets a plain sentence, the log the details.
             raise PredictionError("the model cannot predict on this input (the service log has the details)") from exc
-        if not result.finite:
-            self._count_error()
-            raise PredictionError("the model gave a non-finite output for this input")
+        finally:
+            self.model_calls.observe(len(records), time.perf_counter() - started)
+        if alone and not result.finite:
+            self.refuse_non_finite()
+        return result
+
+    def refuse_non_finite(self) -> None:
+        self._count_error()
+        raise PredictionError("the model gave a non-finite output for this input")
+
+    def answer(self, records: list[dict[str, Any]], result: Predictions) -> list[dict[str, Any]]:
+        """Answers for one request's records and their predictions: a request_id each, logged, counted."""
         now = time.time()
         version = self.settings.model.version
         rows = [

@@ -71,6 +71,9 @@ EXPORTED_METRICS: dict[str, str] = {
     "model_feedback_total": "counter",
     "model_feedback_dropped_total": "counter",
     "model_prediction_errors_total": "counter",
+    # model calls (batching)
+    "model_batch_rows": "histogram",
+    "model_inference_duration_seconds": "histogram",
     # prometheus_client ProcessCollector
     "process_start_time_seconds": "gauge",
     "process_resident_memory_bytes": "gauge",

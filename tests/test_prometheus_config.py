@@ -65,6 +65,12 @@ EXPORTED_METRICS = {
     "model_feedback_total",
     "model_feedback_dropped_total",
     "model_prediction_errors_total",
+    "model_batch_rows_bucket",
+    "model_batch_rows_sum",
+    "model_batch_rows_count",
+    "model_inference_duration_seconds_bucket",
+    "model_inference_duration_seconds_sum",
+    "model_inference_duration_seconds_count",
 }
 OTHER_METRICS = {  # not model_*: scrape health, ProcessCollector, prometheus-fastapi-instrumentator
     "up",

@@ -67,6 +67,10 @@ prediction_log:
   batch_size: 500
   flush_interval_seconds: 0.5
 
+batching:
+  max_batch_size: 64          # rows gathered from concurrent /predict calls into one model call; 1: off
+  max_wait_ms: 2              # wait for requests already arriving, at most this (never when a request is alone)
+
 max_batch_records: 1000       # records accepted by one /predict/batch call
 """
 
