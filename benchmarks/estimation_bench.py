@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 from benchmarks.common import drift_frame, feature_names, median
@@ -25,6 +26,16 @@ def _classification(rows: int, seed: int) -> tuple[Any, Any, Any]:
     names = np.array(["a", "b", "c"])
 
     return p, names[p.argmax(axis=1)], names[y]
+
+
+def _timed(repeat: int, call: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    """The last result of ``call(*args, **kwargs)`` and its median time over ``repeat`` calls, in seconds."""
+    times, result = [], None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = call(*args, **kwargs)
+        times.append(time.perf_counter() - start)
+    return result, median(times)
 
 
 def run(quick: bool, log: Any) -> dict[str, Any]:
@@ -70,29 +81,14 @@ def run(quick: bool, log: Any) -> dict[str, Any]:
         cls_window = window.assign(prediction=pred)
         cls_window[PROBABILITIES] = [dict(zip(("a", "b", "c"), row, strict=True)) for row in p_win.tolist()]
         cls_window[LABEL] = [v if i % 10 == 0 else None for i, v in enumerate(y)]  # a tenth labelled
-        times = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            result = estimate_window(setup, cls_window)
-            times.append(time.perf_counter() - start)
+        result, cls_s = _timed(repeat, estimate_window, setup, cls_window)
         assert result is not None and result.metrics
-        cls_s = median(times)
         pred_r, y_r = regression_target(window, rng)
         reg_window = window.assign(prediction=pred_r)
         reg_window[LABEL] = [v if i % 10 == 0 else None for i, v in enumerate(y_r.tolist())]
-        times = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            result = estimate_window(reg, reg_window)
-            times.append(time.perf_counter() - start)
+        result, reg_s = _timed(repeat, estimate_window, reg, reg_window)
         assert result is not None and result.metrics
-        reg_s = median(times)
-        times = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            compute_drift(reference, window.assign(prediction=pred), min_rows=1)
-            times.append(time.perf_counter() - start)
-        drift_s = median(times)
+        _, drift_s = _timed(repeat, compute_drift, reference, window.assign(prediction=pred), min_rows=1)
         out[f"estimation_s_classification_{key}"] = cls_s
         out[f"estimation_s_regression_{key}"] = reg_s
         out[f"estimation_drift_s_{key}"] = drift_s

@@ -117,6 +117,12 @@ def loadgen(server: Server, bodies: Path, concurrency: int, warmup: float, durat
     return result
 
 
+def _summary(res: dict[str, Any]) -> str:
+    """One load run, for the progress log."""
+    return (f"{res['throughput']:.0f} req/s p50 {res['p50_ms']:.1f} ms p99 {res['p99_ms']:.1f} ms, server CPU "
+            f"{res['server_cpu_ms_per_request']:.2f} ms/request")
+
+
 def _bodies(tmp: Path) -> Path:
     path = tmp / "bodies.jsonl"
     path.write_text("\n".join(json.dumps(r, separators=(",", ":")) for r in demo_records()) + "\n")
@@ -143,9 +149,7 @@ def bench_logging(quick: bool, log: Any, concurrency: int = 8) -> dict[str, Any]
                 for v in order:
                     res = loadgen(srv[v], bodies, concurrency, warmup, duration)
                     runs[v].append(res)
-                    log(f"logging round {r + 1}/{rounds} {v:>4}: {res['throughput']:.0f} req/s "
-                        f"p50 {res['p50_ms']:.1f} ms p99 {res['p99_ms']:.1f} ms, server CPU "
-                        f"{res['server_cpu_ms_per_request']:.2f} ms/request")
+                    log(f"logging round {r + 1}/{rounds} {v:>4}: {_summary(res)}")
             time.sleep(1.5)  # let the writer flush its last batch
             written = srv["on"].metrics()
     out: dict[str, Any] = {"logging_concurrency": concurrency, "logging_rounds": rounds,
@@ -272,9 +276,7 @@ def bench_batching(quick: bool, log: Any) -> dict[str, Any]:
                     for v in order:
                         res = loadgen(srv[v], bodies, c, warmup, duration)
                         runs[(v, c)].append(res)
-                        log(f"batching round {r + 1}/{rounds} {v:>3} x{c:<2}: {res['throughput']:.0f} req/s "
-                            f"p50 {res['p50_ms']:.1f} ms p99 {res['p99_ms']:.1f} ms, server CPU "
-                            f"{res['server_cpu_ms_per_request']:.2f} ms/request")
+                        log(f"batching round {r + 1}/{rounds} {v:>3} x{c:<2}: {_summary(res)}")
             time.sleep(1.5)  # let the writer flush its last batch
             counts = srv["on"].metrics()
     out: dict[str, Any] = {"batching_rounds": rounds, "batching_seconds_per_run": duration,
