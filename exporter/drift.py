@@ -234,8 +234,10 @@ def judge(ref: ColumnStats, present: pd.Series, override: MethodOverride, alpha:
 
 
 @functools.cache
-def _blas() -> ThreadpoolController:
-    """Found once: threadpoolctl scans the process's loaded libraries each time it is built (~7 ms)."""
+def threadpools() -> ThreadpoolController:
+    """The process's BLAS and OpenMP thread pools, found once: threadpoolctl scans the loaded libraries each time
+    it is built (~7 ms), too slow for every run. Found after the imports that load them (scikit-learn's OpenMP
+    comes with exporter.estimation)."""
     return ThreadpoolController()
 
 
@@ -255,7 +257,7 @@ def compute_drift(
     Evidently's fixed thresholds (the multivariate score, which Evidently lacks, then uses the default budget)."""
     # One BLAS thread: the vectors here are small, and on a busy machine a second OpenBLAS thread waking up for
     # each dot product costs more than the product (measured: 100k x 30 takes 0.6 s instead of 0.3 s).
-    with _blas().limit(limits=1, user_api="blas"):
+    with threadpools().limit(limits=1, user_api="blas"):
         return _compute_drift(reference, window, min_rows=min_rows, drift_share=drift_share, per_feature=per_feature,
                               prediction_override=prediction_override, alpha=alpha, now=now)
 

@@ -83,9 +83,10 @@ class DriftJob:
         """Serve the deployment's newest stored run if this process does not serve it yet (not while the database
         is known to be down: a scrape must not wait for a connection timeout)."""
         if self.service.prediction_log.database_up:
-            self.deployment.serve_newest(self._publish_stored, force)
+            self.deployment.serve_newest(self._publish, force)
 
-    def _publish_stored(self, run: StoredRun) -> None:
+    def _publish(self, run: StoredRun) -> None:
+        """Serve ``run``: its results, report (a run without one keeps the last) and time."""
         s = self.service
         # whole objects replaced: readers see one run or the next, never a mix
         s.drift_result, s.quality_result, s.estimate_result = run.drift, run.quality, run.estimate
@@ -122,16 +123,11 @@ class DriftJob:
                                       estimate=output.estimate)
         except Exception as exc:  # the database is down: this process serves its run; the others keep theirs
             log.error("drift job: the run could not be stored, so other processes do not see it: %s", exc)
-        # Publish by replacing whole objects: readers see one run or the next, never a mix.
-        s.drift_result = output.drift
-        s.quality_result = output.quality
-        s.estimate_result = output.estimate
-        if output.report is not None:
-            s.report = output.report
+        # Served at once, also when it could not be stored (its id is never read: served_id is the stored run's).
+        self._publish(StoredRun(0, finished, output.drift, output.quality, output.report, output.estimate))
         if output.report_error is not None:
             stats.report_failures += 1
             log.error("drift report failed: %s", output.report_error)
-        stats.last_success = finished
         self.serve_newest(force=True)  # the stored copy, as every other process serves it (and its stored time)
         stats.last_error = None
         stats.last_duration = output.compute_seconds

@@ -27,6 +27,7 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.isotonic import IsotonicRegression
 from sklearn.model_selection import KFold
 
+from exporter.drift import threadpools
 from exporter.features import category_text, category_texts
 from exporter.quality import classification_quality, regression_quality
 
@@ -36,7 +37,6 @@ Z = 2.5758293035489  # two-sided 99 % of a normal
 DRAWS = 200  # label draws of the parametric bootstrap (f1_macro, roc_auc bands)
 BOOTSTRAP_ROWS = 20_000  # larger windows: the band's width is measured on this many rows and scaled by sqrt(m/n)
 CV_FOLDS = 5
-ECE_BINS = 10
 MAX_CATEGORIES = 254  # HistGradientBoosting's categorical limit (max_bins 255); rarer categories are grouped as missing
 PROBABILITIES, LABEL = "__probabilities__", "__label__"  # the window columns run_job asks the store for
 
@@ -63,16 +63,6 @@ class EstimateResult:
 
 
 # --- calibration (CBPE) -------------------------------------------------------------------------------------------
-
-
-def calibration_error(p: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> float:
-    """Expected calibration error over quantile bins of ``p``: the row-weighted mean |mean(y) - mean(p)|."""
-    edges = np.unique(np.quantile(p, np.linspace(0, 1, bins + 1)))
-    which = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, max(len(edges) - 2, 0))
-    counts = np.bincount(which)
-    used = counts > 0
-    gap = np.bincount(which, weights=y)[used] - np.bincount(which, weights=p)[used]
-    return float(np.abs(gap).sum() / len(p))
 
 
 def _fit_isotonic(p: np.ndarray, y: np.ndarray) -> IsotonicRegression:
@@ -378,9 +368,7 @@ class RegressionEstimator:
 def _one_thread() -> Any:
     """One OpenMP thread for the gradient boosting: the drift job is background work on a shared machine, and
     OpenMP threads spinning for a busy second core made a 3000-row fit take 20 s instead of under one."""
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(limits=1, user_api="openmp")
+    return threadpools().limit(limits=1, user_api="openmp")
 
 
 def _hgb(categorical: list[str], numerical: list[str]) -> HistGradientBoostingRegressor:
