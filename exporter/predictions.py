@@ -277,6 +277,9 @@ class PredictionLog:
         self._pending = 0  # rows taken off the queue but not yet committed
         self._lookup_failing = False  # logs a failing request_id lookup once per outage, not once per request
         self._labels_queued = 0  # label updates queued or in the writer's hands, not yet written or dropped
+        # request_id -> the newest label update queued for it, until written or dropped: a label that replaces it
+        # meanwhile is compared with it, not with the older label in the table
+        self._queued_labels: dict[str, LabelUpdate] = {}
         self.written = 0
         self.dropped = 0
         self.write_errors = 0
@@ -307,8 +310,11 @@ class PredictionLog:
         return dropped
 
     def pending_label(self, request_id: str) -> tuple[bool, Any]:
-        """(whether the prediction is still queued, the label queued for it or None)."""
+        """(whether the prediction or a label for it is still queued, the newest label queued for it or None)."""
         with self._lock:
+            update = self._queued_labels.get(request_id)
+            if update is not None:
+                return True, update.label
             if request_id not in self._pending_ids:
                 return False, None
             label = self._pending_ids[request_id]
@@ -353,6 +359,7 @@ class PredictionLog:
                 for update in updates:
                     if update.request_id in self._pending_ids:
                         self._pending_ids[update.request_id] = update.label
+                    self._queued_labels[update.request_id] = update
                 self._labels_queued += len(updates)
             for update in updates:
                 self._queue.put_nowait(update)  # cannot be full: room was checked under the producers' lock
@@ -438,6 +445,9 @@ class PredictionLog:
             self.dropped += lost
             self.labels_dropped += labels_lost
             self._labels_queued -= len(labels)
+            for u in labels:
+                if self._queued_labels.get(u.request_id) is u:  # no newer label queued for it meanwhile
+                    del self._queued_labels[u.request_id]
             self._pending -= len(batch)
             for r in predictions:
                 self._pending_ids.pop(r.request_id, None)

@@ -89,6 +89,22 @@ def test_label_for_a_queued_prediction_lands_after_it(tmp_path: Path) -> None:
     assert labels == ["B"] and preds == ["A"] and probas == [{"A": 0.9, "B": 0.1}]
 
 
+def test_a_label_still_queued_for_a_written_prediction_is_its_current_label(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    log = PredictionLog(s, batch_size=1000, flush_interval=0.5)
+    log.enqueue(rows(1))
+    log.start()
+    log.stop(timeout=30)  # the prediction is written; a second log plays the writer that has not flushed yet
+    later = PredictionLog(s, batch_size=1000, flush_interval=0.5)
+    later.enqueue_labels([LabelUpdate("id0", "B", time.time())])
+    # a label that replaces it before the writer runs is compared with "B", not with the table's empty label
+    assert later.labels_known(["id0"]) == ([], {"id0": "B"})
+    later.start()
+    later.stop(timeout=30)
+    assert later.pending_label("id0") == (False, None)  # written: the table has it now
+    assert later.labels_known(["id0"]) == ([], {"id0": "B"})
+
+
 def test_row_the_database_refuses_is_dropped_and_counted_not_retried_forever(tmp_path: Path) -> None:
     from sqlalchemy import exc as sa_exc
 
