@@ -1,8 +1,8 @@
 """/predict under load from a separate process (benchmarks.loadgen) against real uvicorn servers (benchmarks.server).
 
-Logging overhead: three servers, one per variant (on / off / seed), started together and measured in turns
-(A B C, B C A, ... so no variant always goes first); ratios are taken per round (variant vs ``off`` measured
-seconds apart) and their median is reported.
+Logging overhead: four servers, one per variant (on / off / seed / a second off), started together for each round
+(new processes every round) and measured in turns (A B C D, B C D A, ... so no variant always goes first); ratios
+are taken per round (variant vs ``off`` measured seconds apart) and their median is reported.
 
 Latency under the drift job: one server, measured alternately with its drift thread idle and running
 ``compute_drift`` over a 100k x 30 window; the same pairing and medians.
@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -99,13 +100,15 @@ def servers(*items: Server) -> Iterator[None]:
             s.stop()
 
 
-def loadgen(server: Server, bodies: Path, concurrency: int, warmup: float, duration: float) -> dict[str, Any]:
-    """One load run against ``server``; adds the server's CPU milliseconds per request served."""
+def loadgen(server: Server, bodies: Path, concurrency: int, warmup: float, duration: float,
+            latencies: bool = False) -> dict[str, Any]:
+    """One load run against ``server``; adds the server's CPU milliseconds per request served (and with
+    ``latencies`` every measured latency, ms, sorted)."""
     cpu_before = server.cpu_seconds()
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.loadgen", "--port", str(server.port), "--bodies", str(bodies),
          "--concurrency", str(concurrency), "--warmup", str(warmup), "--duration", str(duration),
-         "--max-requests", str(int(2000 * (warmup + duration)))],
+         "--max-requests", str(int(2000 * (warmup + duration))), *(["--latencies"] if latencies else [])],
         capture_output=True, text=True, cwd=ROOT, timeout=warmup + duration + 60,
     )
     if out.returncode != 0:
@@ -134,24 +137,32 @@ def _config(tmp: Path, name: str) -> Path:
 
 
 def bench_logging(quick: bool, log: Any, concurrency: int = 8) -> dict[str, Any]:
-    rounds, warmup, duration = (2, 0.5, 2.0) if quick else (6, 1.0, 6.0)
-    variants = ["on", "off", "seed"]
+    rounds, warmup, duration = (2, 0.5, 2.0) if quick else (8, 1.0, 6.0)
+    # ``off2`` is a second ``off``: its ratio to ``off`` is what two identical servers differ by on this machine,
+    # the noise to read the other ratios against.
+    variants = ["on", "off", "seed", "off2"]
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    predicted = 0.0
     with tempfile.TemporaryDirectory(prefix="bench-logging-") as tmp_name:
         tmp = Path(tmp_name)
         bodies = _bodies(tmp)
-        srv = {v: Server(_config(tmp, v), v) for v in variants}
-        with servers(*srv.values()):
-            for v in variants:  # first requests (imports, caches) outside the measurement
-                loadgen(srv[v], bodies, concurrency, 0.0, 0.5)
-            for r in range(rounds):
-                order = variants[r % 3:] + variants[: r % 3]
+        configs = {v: _config(tmp, v) for v in variants}
+        for r in range(rounds):
+            # New server processes every round: two processes of the same code differ by a few per cent in speed
+            # (memory layout, hash seed), which over a whole section would be read as the variants' difference.
+            srv = {v: Server(configs[v], v.rstrip("2")) for v in variants}
+            with servers(*srv.values()):
+                for v in variants:  # first requests (imports, caches) outside the measurement
+                    loadgen(srv[v], bodies, concurrency, 0.0, 0.5)
+                order = variants[r % len(variants):] + variants[: r % len(variants)]
                 for v in order:
                     res = loadgen(srv[v], bodies, concurrency, warmup, duration)
                     runs[v].append(res)
                     log(f"logging round {r + 1}/{rounds} {v:>4}: {_summary(res)}")
-            time.sleep(1.5)  # let the writer flush its last batch
-            written = srv["on"].metrics()
+                predicted += srv["on"].metrics().get("model_predictions_total", float("nan"))
+        # Each `on` server drained its queue on SIGTERM: every prediction it answered is a row of its table.
+        with contextlib.closing(sqlite3.connect(configs["on"].parent / "predictions.db")) as db:
+            written = float(db.execute("SELECT count(*) FROM predictions").fetchone()[0])
     out: dict[str, Any] = {"logging_concurrency": concurrency, "logging_rounds": rounds,
                            "logging_seconds_per_run": duration}
     for v in variants:
@@ -169,9 +180,11 @@ def bench_logging(quick: bool, log: Any, concurrency: int = 8) -> dict[str, Any]
     out["seed_style_p99_ratio"] = paired("seed", "p99_ms")
     out["seed_style_p50_ratio"] = paired("seed", "p50_ms")
     out["seed_style_throughput_ratio"] = paired("seed", "throughput")
-    out["logging_rows_written"] = written.get("model_prediction_log_written_total", float("nan"))
-    out["logging_rows_dropped"] = written.get("model_prediction_log_dropped_total", float("nan"))
-    out["logging_rows_predicted"] = written.get("model_predictions_total", float("nan"))
+    out["logging_noise_p99_ratio"] = paired("off2", "p99_ms")
+    out["logging_noise_throughput_ratio"] = paired("off2", "throughput")
+    out["logging_rows_written"] = written
+    out["logging_rows_dropped"] = predicted - written
+    out["logging_rows_predicted"] = predicted
     return out
 
 

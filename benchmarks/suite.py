@@ -42,6 +42,7 @@ TARGETS = [
     Target("logging_p99_ratio", "/predict p99, logging on / off", "<=", 1.05),
     Target("logging_throughput_ratio", "/predict throughput, logging on / off", ">=", 0.95),
     Target("logging_cpu_per_request_ratio", "server CPU per request, logging on / off", "", None),
+    Target("logging_noise_p99_ratio", "/predict p99, two identical servers without logging (noise)", "", None),
     Target("seed_style_p99_ratio", "/predict p99, seed style (INSERT per request) / off", "", None),
     Target("seed_style_throughput_ratio", "/predict throughput, seed style / off", "", None),
     Target("seed_style_cpu_per_request_ratio", "server CPU per request, seed style / off", "", None),

@@ -8,6 +8,7 @@ a short outage costs nothing but memory. :meth:`PredictionLog.stop` drains the q
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import queue
@@ -17,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pandas as pd
+import uuid_utils
 from sqlalchemy import (
     Column,
     Float,
@@ -62,8 +65,27 @@ predictions_table = Table(
 )
 
 
+# orjson writes what json.dumps writes (the same values, read back by json.loads) ten times faster, but it writes
+# NaN and Infinity as null, which json refuses (allow_nan=False). An output without "null" held neither; one with
+# it (a None, or a string holding the word) is encoded again by json, which raises for what JSON cannot hold, as
+# it does for anything orjson refuses or is told to pass through.
+_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
+
+
 def _json(value: Any) -> str:
+    try:
+        out = orjson.dumps(value, option=_ORJSON_OPTIONS)
+        if b"null" not in out:
+            return out.decode()
+    except orjson.JSONEncodeError:
+        pass
     return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def new_request_id() -> str:
+    """A UUIDv7 (RFC 9562) in hex: unique, and ordered by time, so each logged row lands at the end of the
+    request_id index instead of on a random page of it (insert cost stays flat as the table grows)."""
+    return uuid_utils.uuid7().hex
 
 
 def make_engine(url: str) -> Engine:
@@ -85,6 +107,9 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4, connect_args={"connect_timeout": 5})
+
+
+PREDICTION_COLUMNS = ("request_id", "created_at", "model_version", "features", "prediction", "probabilities")
 
 
 @dataclass(frozen=True)
@@ -164,8 +189,20 @@ class PredictionStore:
             return False
 
     def insert(self, rows: list[dict[str, Any]]) -> None:
+        # The INSERT compiled once for this database and run by the driver's executemany: SQLAlchemy's per-row
+        # parameter processing cost more than the driver's own work.
+        statement, positions = self._insert_statement
+        params: list[Any] = (
+            [{k: r.get(k) for k in PREDICTION_COLUMNS} for r in rows] if positions is None
+            else [tuple(r.get(k) for k in positions) for r in rows]  # a column a row leaves out is NULL
+        )
         with self.engine.begin() as conn:
-            conn.execute(predictions_table.insert(), rows)
+            conn.exec_driver_sql(statement, params)
+
+    @functools.cached_property
+    def _insert_statement(self) -> tuple[str, tuple[str, ...] | None]:
+        compiled = predictions_table.insert().compile(dialect=self.engine.dialect, column_keys=list(PREDICTION_COLUMNS))
+        return compiled.string, tuple(compiled.positiontup or ()) if compiled.positional else None
 
     def count(self) -> int:
         with self.engine.connect() as conn:
@@ -287,6 +324,9 @@ class PredictionLog:
         self.schema_ready = False
         self.database_up = True
         self._stopping = threading.Event()
+        # Set by a producer once a full batch is queued, and by stop(): the writer otherwise sleeps a flush
+        # interval and takes what is queued, so it is not woken (and does not take the GIL) once per request.
+        self._full = threading.Event()
         self._thread: threading.Thread | None = None
 
     # -- request path -------------------------------------------------------------------------------------------
@@ -303,6 +343,7 @@ class PredictionLog:
                     dropped += 1
                     with self._lock:
                         self._pending_ids.pop(row.request_id, None)
+            self._wake_if_full()
         if dropped:
             with self._lock:
                 self.dropped += dropped
@@ -363,7 +404,12 @@ class PredictionLog:
                 self._labels_queued += len(updates)
             for update in updates:
                 self._queue.put_nowait(update)  # cannot be full: room was checked under the producers' lock
+            self._wake_if_full()
         return True
+
+    def _wake_if_full(self) -> None:
+        if self._queue.qsize() >= self.batch_size and not self._full.is_set():
+            self._full.set()
 
     @property
     def queued(self) -> int:
@@ -377,6 +423,7 @@ class PredictionLog:
     def stop(self, timeout: float = 30.0) -> None:
         """Flush everything queued, then stop the writer (bounded by ``timeout``; what is left is counted dropped)."""
         self._stopping.set()
+        self._full.set()
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
@@ -393,18 +440,18 @@ class PredictionLog:
             )
 
     def _take_batch(self) -> list[PredictionRow | LabelUpdate]:
+        """Up to ``batch_size`` queued items, once a full batch is queued or a flush interval has passed."""
+        if self._queue.qsize() < self.batch_size and not self._stopping.is_set():
+            self._full.wait(self.flush_interval)
+        if not self._stopping.is_set():
+            self._full.clear()
         batch: list[PredictionRow | LabelUpdate] = []
-        deadline = time.monotonic() + self.flush_interval
         while len(batch) < self.batch_size:
-            timeout = deadline - time.monotonic()
-            if timeout <= 0 or (self._stopping.is_set() and self._queue.empty()):
-                break
-            try:
-                row = self._queue.get(timeout=min(timeout, 0.05))
-            except queue.Empty:
-                continue
-            batch.append(row)
-            with self._lock:
+            with self._lock:  # taken and counted pending together: ``queued`` never misses an item in between
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
                 self._pending += 1
         return batch
 

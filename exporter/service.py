@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,6 +29,7 @@ from exporter.predictions import (
     PredictionRow,
     PredictionStore,
     StoreNotWritable,
+    new_request_id,
 )
 from exporter.quality import QualityResult, quality
 from exporter.report import CachedReport
@@ -251,7 +251,7 @@ class Service:
         version = self.settings.model.version
         rows = [
             PredictionRow(
-                uuid.uuid4().hex,
+                new_request_id(),
                 now,
                 version,
                 record,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import text
 
@@ -169,3 +170,50 @@ def test_window_is_the_latest_rows_optionally_only_recent_ones(tmp_path: Path) -
     recent = s.window(40, max_age_seconds=60, now=now)
     assert len(recent) == 30 and set(recent["prediction"]) == {"B"}
     assert recent["b"].isna().all()
+
+
+def test_json_columns_read_back_as_json_dumps_wrote_them_and_refuse_what_json_refuses() -> None:
+    import datetime
+    import enum
+    import json
+    import math
+
+    import numpy as np
+    import pytest
+
+    from exporter.predictions import _json
+
+    class Size(enum.IntEnum):
+        big = 3
+
+    values = [
+        {"a": 50.6, "b": "Biscoe", "c": None, "d": True, "e": 0, "f": -1.5e-300, "g": 1e21, "h": "null"},
+        {"x": 2.0534544058332405e-08, "y": 0.9999984956128304, "ü": "naïve – “quoted”"},
+        "Gentoo", 3, 0.1, None, [1, 2.5, "x", None], {"n": {"deep": [1.0, {"k": "v"}]}},
+        np.float64(0.25), {"a": np.float64(1.5)}, Size.big, 2**70,
+    ]
+    for value in values:
+        assert json.loads(_json(value)) == json.loads(json.dumps(value)), value
+    for bad in (math.nan, {"a": math.inf}, [1.0, -math.inf], {"a": {"b": math.nan}}):
+        with pytest.raises(ValueError):
+            _json(bad)
+    for unserialisable in (datetime.datetime(2026, 1, 1), {"a": object()}, {1.5: "non-str key"}):
+        try:
+            expected: Any = json.loads(json.dumps(unserialisable))
+        except TypeError:
+            with pytest.raises(TypeError):
+                _json(unserialisable)
+        else:
+            assert json.loads(_json(unserialisable)) == expected
+
+
+def test_request_ids_are_uuid7_hex_in_time_order() -> None:
+    import uuid
+
+    from exporter.predictions import new_request_id
+
+    ids = [new_request_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    assert ids == sorted(ids)  # each lands at the end of the request_id index
+    assert all(len(i) == 32 and uuid.UUID(hex=i).version == 7 for i in ids)
+    assert abs(int(ids[-1][:12], 16) / 1000 - time.time()) < 5  # its first 48 bits are the Unix time in ms
