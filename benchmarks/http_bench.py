@@ -100,15 +100,13 @@ def servers(*items: Server) -> Iterator[None]:
             s.stop()
 
 
-def loadgen(server: Server, bodies: Path, concurrency: int, warmup: float, duration: float,
-            latencies: bool = False) -> dict[str, Any]:
-    """One load run against ``server``; adds the server's CPU milliseconds per request served (and with
-    ``latencies`` every measured latency, ms, sorted)."""
+def loadgen(server: Server, bodies: Path, concurrency: int, warmup: float, duration: float) -> dict[str, Any]:
+    """One load run against ``server``; adds the server's CPU milliseconds per request served."""
     cpu_before = server.cpu_seconds()
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.loadgen", "--port", str(server.port), "--bodies", str(bodies),
          "--concurrency", str(concurrency), "--warmup", str(warmup), "--duration", str(duration),
-         "--max-requests", str(int(2000 * (warmup + duration))), *(["--latencies"] if latencies else [])],
+         "--max-requests", str(int(2000 * (warmup + duration)))],
         capture_output=True, text=True, cwd=ROOT, timeout=warmup + duration + 60,
     )
     if out.returncode != 0:

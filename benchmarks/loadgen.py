@@ -4,8 +4,7 @@
 is in) for ``--warmup`` + ``--duration`` seconds, or until ``--max-requests``; latencies of the requests that
 started after the warm-up are kept. A minimal HTTP/1.1 client on asyncio (uvloop when installed) keeps the
 generator's own CPU cost small, which matters on a 2-core machine where it shares the cores with the server.
-Prints one JSON object: requests, errors, seconds, throughput (requests/s), p50/p90/p99/max (ms); with
-``--latencies`` also every measured latency.
+Prints one JSON object: requests, errors, seconds, throughput (requests/s), p50/p90/p99/max (ms).
 """
 
 from __future__ import annotations
@@ -61,7 +60,7 @@ async def _worker(
 
 
 async def run(port: int, path: str, bodies: list[bytes], concurrency: int, warmup: float, duration: float,
-              max_requests: int, keep_latencies: bool = False) -> dict[str, object]:
+              max_requests: int) -> dict[str, object]:
     latencies: list[float] = []
     errors: list[str] = []
     start = time.perf_counter()
@@ -91,7 +90,6 @@ async def run(port: int, path: str, bodies: list[bytes], concurrency: int, warmu
         "p99_ms": _percentile(ms, 99),
         "max_ms": ms[-1] if ms else float("nan"),
         "concurrency": concurrency,
-        **({"latencies_ms": [round(x, 3) for x in ms]} if keep_latencies else {}),
     }
 
 
@@ -104,12 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--max-requests", type=int, default=200_000)
-    parser.add_argument("--latencies", action="store_true", help="also print every measured latency (ms, sorted)")
     args = parser.parse_args(argv)
     with open(args.bodies, "rb") as fh:
         bodies = [line.rstrip(b"\n") for line in fh if line.strip()]
-    coro = run(args.port, args.path, bodies, args.concurrency, args.warmup, args.duration, args.max_requests,
-               args.latencies)
+    coro = run(args.port, args.path, bodies, args.concurrency, args.warmup, args.duration, args.max_requests)
     try:
         import uvloop
 
