@@ -11,6 +11,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -82,6 +83,10 @@ def _json(value: Any) -> str:
     except orjson.JSONEncodeError:
         pass
     return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+# A forked child (a worker of a pre-forking server) must not continue its parent's random sequence.
+os.register_at_fork(after_in_child=uuid_utils.reseed_rng)
 
 
 def new_request_id() -> str:

@@ -217,3 +217,24 @@ def test_request_ids_are_uuid7_hex_in_time_order() -> None:
     assert ids == sorted(ids)  # each lands at the end of the request_id index
     assert all(len(i) == 32 and uuid.UUID(hex=i).version == 7 for i in ids)
     assert abs(int(ids[-1][:12], 16) / 1000 - time.time()) < 5  # its first 48 bits are the Unix time in ms
+
+
+def test_request_ids_of_a_forked_child_do_not_repeat_its_parents() -> None:
+    import os
+
+    from exporter.predictions import new_request_id
+
+    new_request_id()  # the parent's generator is in use before the fork
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, "".join(new_request_id() for _ in range(50)).encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 50 * 32 + 1).decode()
+    os.waitpid(pid, 0)
+    parent = [new_request_id() for _ in range(50)]
+    child_ids = [child[i:i + 32] for i in range(0, len(child), 32)]
+    assert len(child_ids) == 50
+    # the bits after the 48-bit timestamp and version nibble are random: the two sequences share none of them
+    assert not {i[13:] for i in child_ids} & {i[13:] for i in parent}
