@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import datetime
+import enum
+import json
+import math
+import os
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pytest
 from sqlalchemy import text
 
-from exporter.predictions import LabelUpdate, PredictionLog, PredictionRow, PredictionStore
+from exporter.predictions import LabelUpdate, PredictionLog, PredictionRow, PredictionStore, _json, new_request_id
 
 
 def rows(n: int, start: int = 0) -> list[PredictionRow]:
@@ -173,16 +181,6 @@ def test_window_is_the_latest_rows_optionally_only_recent_ones(tmp_path: Path) -
 
 
 def test_json_columns_read_back_as_json_dumps_wrote_them_and_refuse_what_json_refuses() -> None:
-    import datetime
-    import enum
-    import json
-    import math
-
-    import numpy as np
-    import pytest
-
-    from exporter.predictions import _json
-
     class Size(enum.IntEnum):
         big = 3
 
@@ -208,10 +206,6 @@ def test_json_columns_read_back_as_json_dumps_wrote_them_and_refuse_what_json_re
 
 
 def test_request_ids_are_uuid7_hex_in_time_order() -> None:
-    import uuid
-
-    from exporter.predictions import new_request_id
-
     ids = [new_request_id() for _ in range(2000)]
     assert len(set(ids)) == len(ids)
     assert ids == sorted(ids)  # each lands at the end of the request_id index
@@ -220,10 +214,6 @@ def test_request_ids_are_uuid7_hex_in_time_order() -> None:
 
 
 def test_request_ids_of_a_forked_child_do_not_repeat_its_parents() -> None:
-    import os
-
-    from exporter.predictions import new_request_id
-
     new_request_id()  # the parent's generator is in use before the fork
     read, write = os.pipe()
     pid = os.fork()
@@ -231,7 +221,8 @@ def test_request_ids_of_a_forked_child_do_not_repeat_its_parents() -> None:
         os.write(write, "".join(new_request_id() for _ in range(50)).encode())
         os._exit(0)
     os.close(write)
-    child = os.read(read, 50 * 32 + 1).decode()
+    child = os.read(read, 50 * 32 + 1).decode()  # one write of 1600 bytes: atomic on a pipe
+    os.close(read)
     os.waitpid(pid, 0)
     parent = [new_request_id() for _ in range(50)]
     child_ids = [child[i:i + 32] for i in range(0, len(child), 32)]
