@@ -119,6 +119,19 @@ def make_engine(url: str) -> Engine:
 PREDICTION_COLUMNS = ("request_id", "created_at", "model_version", "features", "prediction", "probabilities")
 
 
+# Rows per INSERT statement on SQLite, and per transaction of the writer: small enough that the writer's work between
+# two releases of the GIL (encoding a chunk, binding its values) stays near a tenth of a millisecond, so a request
+# waiting for the GIL meanwhile is not held up; large enough that a commit per chunk costs little. 64 rows x 6
+# columns is within SQLite's oldest limit of 999 bound values per statement.
+INSERT_ROWS = 64
+
+
+@functools.lru_cache(maxsize=INSERT_ROWS)
+def _sqlite_values_insert(n: int) -> str:
+    row = "(" + ", ".join("?" * len(PREDICTION_COLUMNS)) + ")"
+    return f"INSERT INTO predictions ({', '.join(PREDICTION_COLUMNS)}) VALUES " + ", ".join([row] * n)
+
+
 @dataclass(frozen=True)
 class PredictionRow:
     request_id: str
@@ -196,15 +209,24 @@ class PredictionStore:
             return False
 
     def insert(self, rows: list[dict[str, Any]]) -> None:
-        # The INSERT compiled once for this database and run by the driver's executemany: SQLAlchemy's per-row
-        # parameter processing cost more than the driver's own work.
+        """Insert ``rows`` in one transaction; a column a row leaves out is NULL.
+
+        On SQLite each INSERT carries up to ``INSERT_ROWS`` rows (``VALUES (...), (...)``): the driver's executemany
+        hands the GIL back and forth around every row's step, so a thread waiting for it (the event loop, the model's
+        thread) could not get in until the whole batch was written. One statement per chunk releases it once, for
+        the whole chunk. Elsewhere the INSERT, compiled once, is run by the driver's executemany (SQLAlchemy's own
+        per-row parameter processing cost more than the driver's work)."""
         statement, positions = self._insert_statement
-        params: list[Any] = (
-            [{k: r.get(k) for k in PREDICTION_COLUMNS} for r in rows] if positions is None
-            else [tuple(r.get(k) for k in positions) for r in rows]  # a column a row leaves out is NULL
-        )
         with self.engine.begin() as conn:
-            conn.exec_driver_sql(statement, params)
+            if self.engine.dialect.name == "sqlite":
+                for start in range(0, len(rows), INSERT_ROWS):
+                    chunk = rows[start:start + INSERT_ROWS]
+                    conn.exec_driver_sql(_sqlite_values_insert(len(chunk)),
+                                         tuple(r.get(k) for r in chunk for k in PREDICTION_COLUMNS))
+            elif positions is None:
+                conn.exec_driver_sql(statement, [{k: r.get(k) for k in PREDICTION_COLUMNS} for r in rows])
+            else:
+                conn.exec_driver_sql(statement, [tuple(r.get(k) for k in positions) for r in rows])
 
     @functools.cached_property
     def _insert_statement(self) -> tuple[str, tuple[str, ...] | None]:
@@ -474,15 +496,17 @@ class PredictionLog:
         # Predictions first, then labels: a label queued after its prediction finds the row in place.
         predictions = [r for r in batch if isinstance(r, PredictionRow)]
         labels = [r for r in batch if isinstance(r, LabelUpdate)]
-        rows: list[dict[str, Any]] = []
         lost = 0
-        for r in predictions:
-            try:
-                rows.append(r.as_db())
-            except (TypeError, ValueError) as exc:  # e.g. a value JSON cannot hold
-                lost += 1
-                log.error("prediction log: row %s cannot be stored: %s", r.request_id, exc)
-        lost += self._persist(rows, self._insert, "prediction")
+        # A transaction per chunk: encoding and writing the whole batch at once held the GIL for milliseconds.
+        for start in range(0, len(predictions), INSERT_ROWS):
+            rows: list[dict[str, Any]] = []
+            for r in predictions[start:start + INSERT_ROWS]:
+                try:
+                    rows.append(r.as_db())
+                except (TypeError, ValueError) as exc:  # e.g. a value JSON cannot hold
+                    lost += 1
+                    log.error("prediction log: row %s cannot be stored: %s", r.request_id, exc)
+            lost += self._persist(rows, self._insert, "prediction")
         unmatched = 0
 
         def set_labels(updates: list[LabelUpdate]) -> None:

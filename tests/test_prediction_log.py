@@ -15,9 +15,17 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
-from exporter.predictions import LabelUpdate, PredictionLog, PredictionRow, PredictionStore, _json, new_request_id
+from exporter.predictions import (
+    INSERT_ROWS,
+    LabelUpdate,
+    PredictionLog,
+    PredictionRow,
+    PredictionStore,
+    _json,
+    new_request_id,
+)
 
 
 def rows(n: int, start: int = 0) -> list[PredictionRow]:
@@ -41,7 +49,8 @@ def test_batches_and_flushes_on_stop(tmp_path: Path) -> None:
     log.enqueue(rows(1050))
     log.stop(timeout=30)
     assert s.count() == 1050 and log.written == 1050 and log.dropped == 0 and log.queued == 0
-    assert max(inserts) == 100 and len(inserts) <= 12  # batched, not one INSERT per row
+    # batched, not one INSERT per row: batches of 100 taken, written in chunks of at most INSERT_ROWS
+    assert max(inserts) == INSERT_ROWS and len(inserts) <= 11 * -(-100 // INSERT_ROWS)
     with s.engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
 
@@ -164,6 +173,28 @@ def test_table_created_once_the_database_comes_up(tmp_path: Path) -> None:
     log2.enqueue(rows(4, start=50))
     log2.stop(timeout=30)
     assert s.count() == 4 and log2.written == 4 and log2.dropped == 0
+
+
+def test_sqlite_insert_writes_a_chunk_of_rows_per_statement_in_one_transaction(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    statements: list[tuple[str, bool]] = []
+    commits: list[int] = []
+    event.listen(s.engine, "before_cursor_execute",
+                 lambda conn, cursor, statement, params, context, many: statements.append((statement, many)))
+    event.listen(s.engine, "commit", lambda conn: commits.append(1))
+    batch = [r.as_db() for r in rows(2 * INSERT_ROWS + 5)]
+    for r in batch[::3]:
+        del r["probabilities"]  # a column a row leaves out is NULL
+    s.insert(batch)
+    inserts = [(st, many) for st, many in statements if st.startswith("INSERT")]
+    assert [st.count("(?, ?, ?, ?, ?, ?)") for st, _ in inserts] == [INSERT_ROWS, INSERT_ROWS, 5]
+    assert not any(many for _, many in inserts) and len(commits) == 1
+    with s.engine.connect() as conn:
+        got = conn.execute(text("SELECT request_id, features, prediction, probabilities FROM predictions ORDER BY id")).all()
+    assert [g[0] for g in got] == [r["request_id"] for r in batch]
+    assert [g[1] for g in got] == [r["features"] for r in batch]
+    assert [g[3] for g in got] == [r.get("probabilities") for r in batch]
+    assert sum(g[3] is None for g in got) == len(batch[::3]) and {g[2] for g in got} == {'"A"'}
 
 
 def test_window_is_the_latest_rows_optionally_only_recent_ones(tmp_path: Path) -> None:
