@@ -216,14 +216,15 @@ class PredictionStore:
         executemany, which released and took back the GIL around every row's step. Elsewhere the INSERT, compiled
         once, is run by the driver's executemany (SQLAlchemy's own per-row parameter processing cost more than the
         driver's work)."""
-        statement, positions = self._insert_statement
         with self.engine.begin() as conn:
             if self.engine.dialect.name == "sqlite":
                 for start in range(0, len(rows), INSERT_ROWS):
                     chunk = rows[start:start + INSERT_ROWS]
                     conn.exec_driver_sql(_sqlite_values_insert(len(chunk)),
                                          tuple(r.get(k) for r in chunk for k in PREDICTION_COLUMNS))
-            elif positions is None:
+                return
+            statement, positions = self._insert_statement  # compiled for the other databases only
+            if positions is None:
                 conn.exec_driver_sql(statement, [{k: r.get(k) for k in PREDICTION_COLUMNS} for r in rows])
             else:
                 conn.exec_driver_sql(statement, [tuple(r.get(k) for k in positions) for r in rows])
