@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import queue
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -95,14 +96,16 @@ def new_request_id() -> str:
     return uuid_utils.uuid7().hex
 
 
-def make_engine(url: str) -> Engine:
-    """SQLite in WAL mode (readers never block the writer), or any SQLAlchemy URL such as postgresql+psycopg://."""
+def make_engine(url: str, autocommit: bool = False) -> Engine:
+    """SQLite in WAL mode (readers never block the writer), or any SQLAlchemy URL such as postgresql+psycopg://.
+    ``autocommit`` (SQLite only): the driver issues no BEGIN or COMMIT; each statement is its own transaction."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             with contextlib.suppress(OSError):  # PredictionStore.check_writable reports what is wrong
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        options: dict[str, Any] = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **options)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -119,18 +122,24 @@ def make_engine(url: str) -> Engine:
 PREDICTION_COLUMNS = ("request_id", "created_at", "model_version", "features", "prediction", "probabilities")
 
 
-# Rows per INSERT statement on SQLite, and per transaction of the writer. Each chunk is encoded and bound in a tenth
-# of a millisecond or so, so the writer never keeps the GIL from the request threads for long; a commit per chunk
-# costs little (writer CPU 8.4 us per row, against 9.0 with one executemany per batch). What the request threads
-# still pay, about 5 % of the /predict p99, comes from the writer taking the GIL back after each of SQLite's calls,
-# which chunking did not change. 64 rows x 6 columns is within SQLite's oldest limit of 999 bound values.
-INSERT_ROWS = 64
+# Most rows per INSERT statement on SQLite (``VALUES (...), (...)``), when SQLite's limit on bound values allows
+# as many (32766 since SQLite 3.32, 999 before: 166 rows). The writer's batch (500 rows by default) is then one
+# statement, run without BEGIN or COMMIT: the writer thread releases and takes back the GIL around a handful of
+# SQLite calls per batch. Each time it takes the GIL back under load it takes it from a request thread, which
+# then waits for it, and that wait is what logging added to the /predict tail (a BEGIN, an INSERT and a COMMIT per
+# 64-row chunk, or the driver's executemany with a step per row, cost several times as many).
+SQLITE_INSERT_ROWS = 1000
 
 
-@functools.lru_cache(maxsize=INSERT_ROWS)
+@functools.lru_cache(maxsize=64)
 def _sqlite_values_insert(n: int) -> str:
     row = "(" + ", ".join("?" * len(PREDICTION_COLUMNS)) + ")"
     return f"INSERT INTO predictions ({', '.join(PREDICTION_COLUMNS)}) VALUES " + ", ".join([row] * n)
+
+
+def _values(rows: list[dict[str, Any]]) -> tuple[Any, ...]:
+    """The bound values of a multi-row INSERT of ``PREDICTION_COLUMNS``, row after row."""
+    return tuple(r.get(k) for r in rows for k in PREDICTION_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -212,22 +221,42 @@ class PredictionStore:
     def insert(self, rows: list[dict[str, Any]]) -> None:
         """Insert ``rows`` in one transaction; a column a row leaves out is NULL.
 
-        On SQLite each INSERT carries up to ``INSERT_ROWS`` rows (``VALUES (...), (...)``) instead of the driver's
-        executemany, which released and took back the GIL around every row's step. Elsewhere the INSERT, compiled
-        once, is run by the driver's executemany (SQLAlchemy's own per-row parameter processing cost more than the
-        driver's work)."""
-        with self.engine.begin() as conn:
-            if self.engine.dialect.name == "sqlite":
-                for start in range(0, len(rows), INSERT_ROWS):
-                    chunk = rows[start:start + INSERT_ROWS]
-                    conn.exec_driver_sql(_sqlite_values_insert(len(chunk)),
-                                         tuple(r.get(k) for r in chunk for k in PREDICTION_COLUMNS))
+        On SQLite, up to ``sqlite_rows_per_statement`` rows are one INSERT statement (``VALUES (...), (...)``) run in
+        autocommit mode: one statement is one transaction, with no BEGIN or COMMIT statement around it, and the
+        driver releases the GIL around a handful of SQLite calls instead of around every row's step (executemany)
+        or every chunk's BEGIN, INSERT and COMMIT. More rows are written in such chunks inside one transaction.
+        Elsewhere the INSERT, compiled once, is run by the driver's executemany (SQLAlchemy's own per-row parameter
+        processing cost more than the driver's work)."""
+        if self.engine.dialect.name == "sqlite":
+            per_statement = self.sqlite_rows_per_statement
+            if len(rows) <= per_statement:
+                with self._sqlite_autocommit.connect() as conn:
+                    conn.exec_driver_sql(_sqlite_values_insert(len(rows)), _values(rows))
                 return
+            with self.engine.begin() as conn:
+                for start in range(0, len(rows), per_statement):
+                    chunk = rows[start:start + per_statement]
+                    conn.exec_driver_sql(_sqlite_values_insert(len(chunk)), _values(chunk))
+            return
+        with self.engine.begin() as conn:
             statement, positions = self._insert_statement  # compiled for the other databases only
             if positions is None:
                 conn.exec_driver_sql(statement, [{k: r.get(k) for k in PREDICTION_COLUMNS} for r in rows])
             else:
                 conn.exec_driver_sql(statement, [tuple(r.get(k) for k in positions) for r in rows])
+
+    @functools.cached_property
+    def sqlite_rows_per_statement(self) -> int:
+        """Rows per INSERT on SQLite: ``SQLITE_INSERT_ROWS``, or fewer where SQLite binds fewer values."""
+        with self.engine.connect() as conn:
+            bound_values = conn.connection.dbapi_connection.getlimit(  # type: ignore[union-attr]
+                sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        return max(1, min(SQLITE_INSERT_ROWS, bound_values // len(PREDICTION_COLUMNS)))
+
+    @functools.cached_property
+    def _sqlite_autocommit(self) -> Engine:
+        """The same SQLite file through connections in autocommit mode, for the one-statement INSERT."""
+        return make_engine(self.url, autocommit=True)
 
     @functools.cached_property
     def _insert_statement(self) -> tuple[str, tuple[str, ...] | None]:
@@ -318,6 +347,8 @@ class PredictionStore:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if "_sqlite_autocommit" in self.__dict__:
+            self._sqlite_autocommit.dispose()
 
 
 class PredictionLog:
@@ -498,16 +529,14 @@ class PredictionLog:
         predictions = [r for r in batch if isinstance(r, PredictionRow)]
         labels = [r for r in batch if isinstance(r, LabelUpdate)]
         lost = 0
-        # A transaction per chunk: the writer encodes and binds a chunk at a time, never the whole batch at once.
-        for start in range(0, len(predictions), INSERT_ROWS):
-            rows: list[dict[str, Any]] = []
-            for r in predictions[start:start + INSERT_ROWS]:
-                try:
-                    rows.append(r.as_db())
-                except (TypeError, ValueError) as exc:  # e.g. a value JSON cannot hold
-                    lost += 1
-                    log.error("prediction log: row %s cannot be stored: %s", r.request_id, exc)
-            lost += self._persist(rows, self._insert, "prediction")
+        rows: list[dict[str, Any]] = []
+        for r in predictions:
+            try:
+                rows.append(r.as_db())
+            except (TypeError, ValueError) as exc:  # e.g. a value JSON cannot hold
+                lost += 1
+                log.error("prediction log: row %s cannot be stored: %s", r.request_id, exc)
+        lost += self._persist(rows, self._insert, "prediction")
         unmatched = 0
 
         def set_labels(updates: list[LabelUpdate]) -> None:

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import event, text
 
 from exporter.predictions import (
-    INSERT_ROWS,
+    SQLITE_INSERT_ROWS,
     LabelUpdate,
     PredictionLog,
     PredictionRow,
@@ -49,8 +49,8 @@ def test_batches_and_flushes_on_stop(tmp_path: Path) -> None:
     log.enqueue(rows(1050))
     log.stop(timeout=30)
     assert s.count() == 1050 and log.written == 1050 and log.dropped == 0 and log.queued == 0
-    # batched, not one INSERT per row: batches of 100 taken, written in chunks of at most INSERT_ROWS
-    assert max(inserts) == INSERT_ROWS and len(inserts) <= 11 * -(-100 // INSERT_ROWS)
+    # batched, not one INSERT per row: batches of at most 100 taken, each written by one insert
+    assert max(inserts) == 100 and len(inserts) <= 11
     with s.engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
 
@@ -175,26 +175,53 @@ def test_table_created_once_the_database_comes_up(tmp_path: Path) -> None:
     assert s.count() == 4 and log2.written == 4 and log2.dropped == 0
 
 
-def test_sqlite_insert_writes_a_chunk_of_rows_per_statement_in_one_transaction(tmp_path: Path) -> None:
+def _traced(engine: Any) -> list[str]:
+    """Every SQL statement SQLite runs on ``engine``'s connections, BEGIN and COMMIT issued by the driver included."""
+    statements: list[str] = []
+    event.listen(engine, "connect", lambda dbapi_conn, _record: dbapi_conn.set_trace_callback(statements.append))
+    engine.dispose()  # connections opened before the listener would not be traced
+    return statements
+
+
+def _stored(s: PredictionStore) -> list[Any]:
+    with s.engine.connect() as conn:
+        return list(conn.execute(text(
+            "SELECT request_id, features, prediction, probabilities FROM predictions ORDER BY id")).all())
+
+
+def test_sqlite_insert_of_a_writer_batch_is_one_statement_without_begin_or_commit(tmp_path: Path) -> None:
     s = store(tmp_path)
-    statements: list[tuple[str, bool]] = []
-    commits: list[int] = []
-    event.listen(s.engine, "before_cursor_execute",
-                 lambda conn, cursor, statement, params, context, many: statements.append((statement, many)))
-    event.listen(s.engine, "commit", lambda conn: commits.append(1))
-    batch = [r.as_db() for r in rows(2 * INSERT_ROWS + 5)]
+    assert s.sqlite_rows_per_statement == SQLITE_INSERT_ROWS  # SQLite >= 3.32 binds 32766 values
+    statements = _traced(s.engine)
+    autocommit = _traced(s._sqlite_autocommit)
+    batch = [r.as_db() for r in rows(500)]  # the writer's default batch
     for r in batch[::3]:
         del r["probabilities"]  # a column a row leaves out is NULL
     s.insert(batch)
-    inserts = [(st, many) for st, many in statements if st.startswith("INSERT")]
-    assert [st.count("(?, ?, ?, ?, ?, ?)") for st, _ in inserts] == [INSERT_ROWS, INSERT_ROWS, 5]
-    assert not any(many for _, many in inserts) and len(commits) == 1
-    with s.engine.connect() as conn:
-        got = conn.execute(text("SELECT request_id, features, prediction, probabilities FROM predictions ORDER BY id")).all()
+    # One statement holding the 500 rows, in SQLite's autocommit mode: the driver issued no BEGIN and no COMMIT,
+    # so the writer thread went through a handful of SQLite calls (each releasing the GIL) for the whole batch.
+    assert statements == []
+    assert len(autocommit) == 1 and autocommit[0].startswith("INSERT INTO predictions")
+    got = _stored(s)
     assert [g[0] for g in got] == [r["request_id"] for r in batch]
     assert [g[1] for g in got] == [r["features"] for r in batch]
     assert [g[3] for g in got] == [r.get("probabilities") for r in batch]
     assert sum(g[3] is None for g in got) == len(batch[::3]) and {g[2] for g in got} == {'"A"'}
+
+
+def test_sqlite_insert_of_more_rows_than_a_statement_holds_is_one_transaction(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    s.sqlite_rows_per_statement = 40  # type: ignore[misc]  # as where SQLite binds only 240 values
+    statements = _traced(s.engine)
+    batch = [r.as_db() for r in rows(95)]
+    s.insert(batch)
+    inserts = [st for st in statements if st.startswith("INSERT")]
+    assert len(inserts) == 3 and [st.upper() for st in statements if not st.startswith("INSERT")] == ["BEGIN ", "COMMIT"]
+    assert [g[0] for g in _stored(s)] == [r["request_id"] for r in batch]
+    # A row the database refuses (a duplicate request_id) in the last chunk rolls back the earlier chunks too.
+    with pytest.raises(Exception, match="UNIQUE"):
+        s.insert([r.as_db() for r in rows(90, start=1000)] + [batch[0]])
+    assert s.count() == 95
 
 
 def test_window_is_the_latest_rows_optionally_only_recent_ones(tmp_path: Path) -> None:
