@@ -1,9 +1,8 @@
 """/predict under load from a separate process (benchmarks.loadgen) against real uvicorn servers (benchmarks.server).
 
-Logging overhead: four servers, one per variant (on / off / seed / a second off), started together for each round
-(new processes every round) and measured in turns, in a Williams design: over four rounds every variant takes every
-place and follows every other variant once. Ratios are taken per round (variant vs ``off`` measured seconds apart)
-and their median is reported.
+Logging overhead: logging on and off in the same server process, switched by signals, in an ABBA order per round
+(new processes every round), and the seed style (one INSERT per request) in a second process. Ratios are taken per
+round (against the round's off runs, measured seconds apart) and their median is reported.
 
 Latency under the drift job: one server, measured alternately with its drift thread idle and running
 ``compute_drift`` over a 100k x 30 window; the same pairing and medians.
@@ -135,47 +134,51 @@ def _config(tmp: Path, name: str) -> Path:
     return demo_config(tmp / name, database_url="sqlite:///predictions.db", drift={"report": False})
 
 
-# The orders of the four variants over four rounds (a Williams design): each variant comes first, second, third and
-# last once, and follows each other variant once, so neither a place in the round nor what ran just before (a
-# writer's last flush, the seed style's last commits) favours one variant. A rotation had ``off`` always after ``on``.
-_WILLIAMS_4 = ((0, 1, 3, 2), (1, 2, 0, 3), (2, 3, 1, 0), (3, 0, 2, 1))
-
-
 def bench_logging(quick: bool, log: Any, concurrency: int = 8) -> dict[str, Any]:
+    """Logging on against off in the same server process (``--variant toggle``): two processes of the same code can
+    differ by several per cent in speed, more than what is measured, so on and off are compared within a process, in an ABBA order (off, on, on, off, then on, off, off, on in the next round) that
+    cancels a drift within the round. Every round starts a new process. The seed style (one INSERT per request) is
+    a second process, measured in the middle of each round against the same off runs."""
     rounds, warmup, duration = (2, 0.5, 2.0) if quick else (8, 1.0, 6.0)
-    # ``off2`` is a second ``off``: its ratio to ``off`` is what two identical servers differ by on this machine,
-    # the noise to read the other ratios against.
-    variants = ["on", "off", "seed", "off2"]
-    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
-    predicted = 0.0
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in ("on", "off", "on2", "off2", "seed")}
+    enqueued = 0
     with tempfile.TemporaryDirectory(prefix="bench-logging-") as tmp_name:
         tmp = Path(tmp_name)
         bodies = _bodies(tmp)
-        configs = {v: _config(tmp, v) for v in variants}
+        configs = {v: _config(tmp, v) for v in ("toggle", "seed")}
+        status = tmp / "toggle-status.json"
         for r in range(rounds):
-            # New server processes every round: two processes of the same code differ by a few per cent in speed
-            # (memory layout, hash seed), which over a whole section would be read as the variants' difference.
-            srv = {v: Server(configs[v], v.rstrip("2")) for v in variants}
-            with servers(*srv.values()):
-                for v in variants:  # first requests (imports, caches) outside the measurement
-                    loadgen(srv[v], bodies, concurrency, 0.0, 0.5)
-                order = [variants[i] for i in _WILLIAMS_4[r % 4]]
+            toggle = Server(configs["toggle"], "toggle", ["--status-file", str(status)])
+            seed = Server(configs["seed"], "seed")
+            with servers(toggle, seed):
+                for s in (toggle, seed):  # first requests (imports, caches) outside the measurement
+                    loadgen(s, bodies, concurrency, 0.0, 0.5)
+                order = ["off", "on", "seed", "on2", "off2"] if r % 2 == 0 else ["on", "off", "seed", "off2", "on2"]
                 for v in order:
-                    res = loadgen(srv[v], bodies, concurrency, warmup, duration)
+                    if v != "seed":
+                        toggle.signal(signal.SIGUSR2 if v.startswith("on") else signal.SIGUSR1)
+                        time.sleep(0.2)
+                    res = loadgen(seed if v == "seed" else toggle, bodies, concurrency, warmup, duration)
                     runs[v].append(res)
                     log(f"logging round {r + 1}/{rounds} {v:>4}: {_summary(res)}")
-                predicted += srv["on"].metrics().get("model_predictions_total", float("nan"))
-        # Each `on` server drained its queue on SIGTERM: every prediction it answered is a row of its table.
-        with contextlib.closing(sqlite3.connect(configs["on"].parent / "predictions.db")) as db:
+            enqueued += json.loads(status.read_text())["rows_enqueued"]
+        # The toggle server drained its queue on SIGTERM: every row it was given while on is a row of its table.
+        with contextlib.closing(sqlite3.connect(configs["toggle"].parent / "predictions.db")) as db:
             written = float(db.execute("SELECT count(*) FROM predictions").fetchone()[0])
     out: dict[str, Any] = {"logging_concurrency": concurrency, "logging_rounds": rounds,
                            "logging_seconds_per_run": duration}
-    for v in variants:
+    for v in runs:
         for stat in ("p50_ms", "p99_ms", "throughput", "server_cpu_ms_per_request"):
             out[f"logging_{v}_{stat}"] = median(r[stat] for r in runs[v])
 
+    def both(v: str, i: int, stat: str) -> float:
+        """The mean of the round's two runs of ``v`` (on, or off)."""
+        return (runs[v][i][stat] + runs[f"{v}2"][i][stat]) / 2
+
     def paired(v: str, stat: str) -> float:
-        return median(a[stat] / b[stat] for a, b in zip(runs[v], runs["off"], strict=True))
+        """Median over rounds of ``v`` (on or seed) against the round's off runs."""
+        return median((both(v, i, stat) if v == "on" else runs[v][i][stat]) / both("off", i, stat)
+                      for i in range(rounds))
 
     out["logging_p99_ratio"] = paired("on", "p99_ms")
     out["logging_p50_ratio"] = paired("on", "p50_ms")
@@ -185,11 +188,15 @@ def bench_logging(quick: bool, log: Any, concurrency: int = 8) -> dict[str, Any]
     out["seed_style_p99_ratio"] = paired("seed", "p99_ms")
     out["seed_style_p50_ratio"] = paired("seed", "p50_ms")
     out["seed_style_throughput_ratio"] = paired("seed", "throughput")
-    out["logging_noise_p99_ratio"] = paired("off2", "p99_ms")
-    out["logging_noise_throughput_ratio"] = paired("off2", "throughput")
+    # What two runs of the same server in the same state differ by: the round's first off run against its last
+    # (or last against first), the noise to read the on / off ratios against.
+    out["logging_noise_p99_ratio"] = median(runs["off2"][i]["p99_ms"] / runs["off"][i]["p99_ms"]
+                                            for i in range(rounds))
+    out["logging_noise_throughput_ratio"] = median(runs["off2"][i]["throughput"] / runs["off"][i]["throughput"]
+                                                   for i in range(rounds))
     out["logging_rows_written"] = written
-    out["logging_rows_dropped"] = predicted - written
-    out["logging_rows_predicted"] = predicted
+    out["logging_rows_dropped"] = enqueued - written
+    out["logging_rows_enqueued"] = float(enqueued)
     return out
 
 

@@ -7,6 +7,9 @@ only in what happens to the logged rows:
 
 ``on``    the project's prediction log: ``PredictionLog.enqueue`` (bounded queue, batching writer thread).
 ``off``   ``service.prediction_log.enqueue`` replaced by a no-op: nothing is logged, nothing else changes.
+``toggle`` ``on`` that SIGUSR1 switches to ``off`` and SIGUSR2 back to ``on``, so the two are measured in the
+          same process (two processes of the same code can differ by several per cent in speed); the rows it was
+          given to log while on are counted and written to ``--status-file`` once the log has drained at shutdown.
 ``seed``  the seed's way: a FastAPI ``BackgroundTasks``-style task after each response, one SQLite INSERT and one
           commit per request (``PredictionStore.insert`` of that request's row), run in the threadpool after the
           response is sent, exactly as Starlette runs a sync background task.
@@ -116,6 +119,36 @@ class DriftLoop:
         self._write_status()
 
 
+class LoggingToggle:
+    """Logging on (``PredictionLog.enqueue``) or off (nothing is logged), switched from a signal handler; counts the
+    rows handed to the prediction log while on, and writes the count to ``status_file`` once the log has stopped
+    (drained its queue) at shutdown."""
+
+    def __init__(self, prediction_log: Any, status_file: Path | None) -> None:
+        self.prediction_log = prediction_log
+        self.real_enqueue = prediction_log.enqueue
+        self.real_stop = prediction_log.stop
+        self.status_file = status_file
+        self.rows = 0
+        prediction_log.stop = self._stop
+        self.on()
+
+    def _stop(self, *args: Any, **kwargs: Any) -> None:
+        self.real_stop(*args, **kwargs)
+        if self.status_file is not None:
+            self.status_file.write_text(json.dumps({"rows_enqueued": self.rows}))
+
+    def _enqueue(self, rows: list[Any]) -> int:
+        self.rows += len(rows)
+        return int(self.real_enqueue(rows))
+
+    def on(self, *_: Any) -> None:
+        self.prediction_log.enqueue = self._enqueue
+
+    def off(self, *_: Any) -> None:
+        self.prediction_log.enqueue = lambda rows: 0
+
+
 def _time_inserts(store: Any, path: Path) -> None:
     """Wrap ``store.insert`` (what the prediction writer calls per batch) to log its start and duration."""
     import time
@@ -137,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", required=True)
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--variant", choices=["on", "off", "seed"], default="on")
+    parser.add_argument("--variant", choices=["on", "off", "toggle", "seed"], default="on")
     parser.add_argument("--drift-rows", type=int, default=0)
     parser.add_argument("--drift-cols", type=int, default=30)
     parser.add_argument("--drift-db", help="SQLAlchemy URL of a predictions table holding the drift window")
@@ -145,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--status-file", type=Path)
     parser.add_argument("--insert-log", type=Path, help="append one line per prediction-log INSERT: start, seconds, rows")
     args = parser.parse_args(argv)
+    if args.variant == "toggle" and args.drift_rows:
+        parser.error("--variant toggle and --drift-rows both use SIGUSR1 and SIGUSR2")
 
     import uvicorn
 
@@ -171,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
 
         service.prediction_log.enqueue = enqueue
         insert = service.store.insert
+    elif args.variant == "toggle":
+        toggle = LoggingToggle(service.prediction_log, args.status_file)
+        signal.signal(signal.SIGUSR1, toggle.off)
+        signal.signal(signal.SIGUSR2, toggle.on)
     app.add_middleware(PerRequestInsert, insert=insert)
     if args.insert_log is not None:
         _time_inserts(service.prediction_log.store, args.insert_log)
