@@ -136,9 +136,10 @@ def _config(tmp: Path, name: str) -> Path:
 
 def bench_logging(quick: bool, log: Any, concurrency: int = 8) -> dict[str, Any]:
     """Logging on against off in the same server process (``--variant toggle``): two processes of the same code can
-    differ by several per cent in speed, more than what is measured, so on and off are compared within a process, in an ABBA order (off, on, on, off, then on, off, off, on in the next round) that
-    cancels a drift within the round. Every round starts a new process. The seed style (one INSERT per request) is
-    a second process, measured in the middle of each round against the same off runs."""
+    differ by several per cent in speed, more than what is measured, so on and off are compared within a process,
+    in an ABBA order (off, on, on, off, then on, off, off, on in the next round) that cancels a drift within the
+    round. Every round starts a new process. The seed style (one INSERT per request) is a second process, measured
+    in the middle of each round against the same off runs."""
     rounds, warmup, duration = (2, 0.5, 2.0) if quick else (8, 1.0, 6.0)
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in ("on", "off", "on2", "off2", "seed")}
     enqueued = 0
