@@ -6,10 +6,10 @@ measurement) and the access log off (printing every request costs more than what
 only in what happens to the logged rows:
 
 ``on``    the project's prediction log: ``PredictionLog.enqueue`` (bounded queue, batching writer thread).
-``off``   ``service.prediction_log.enqueue`` replaced by a no-op: nothing is logged, nothing else changes.
-``toggle`` ``on`` that SIGUSR1 switches to ``off`` and SIGUSR2 back to ``on``, so the two are measured in the
-          same process (two processes of the same code can differ by several per cent in speed); the rows it was
-          given to log while on are counted and written to ``--status-file`` once the log has drained at shutdown.
+``toggle`` ``on`` that SIGUSR1 switches off (``service.prediction_log.enqueue`` replaced by a no-op: nothing is
+          logged, nothing else changes) and SIGUSR2 back on, so the two are measured in the same process (two
+          processes of the same code can differ by several per cent in speed); the rows it was given to log while
+          on are counted and written to ``--status-file`` once the log has drained at shutdown.
 ``seed``  the seed's way: a FastAPI ``BackgroundTasks``-style task after each response, one SQLite INSERT and one
           commit per request (``PredictionStore.insert`` of that request's row), run in the threadpool after the
           response is sent, exactly as Starlette runs a sync background task.
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", required=True)
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--variant", choices=["on", "off", "toggle", "seed"], default="on")
+    parser.add_argument("--variant", choices=["on", "toggle", "seed"], default="on")
     parser.add_argument("--drift-rows", type=int, default=0)
     parser.add_argument("--drift-cols", type=int, default=30)
     parser.add_argument("--drift-db", help="SQLAlchemy URL of a predictions table holding the drift window")
@@ -195,9 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(load_settings(args.config), start_scheduler=False)
     service = app.state.service
     insert = None
-    if args.variant == "off":
-        service.prediction_log.enqueue = lambda rows: 0
-    elif args.variant == "seed":
+    if args.variant == "seed":
         def enqueue(rows: list[Any]) -> int:
             pending = _rows.get()
             if pending is not None:

@@ -229,11 +229,9 @@ class PredictionStore:
         processing cost more than the driver's work)."""
         if self.engine.dialect.name == "sqlite":
             per_statement = self.sqlite_rows_per_statement
-            if len(rows) <= per_statement:
-                with self._sqlite_autocommit.connect() as conn:
-                    conn.exec_driver_sql(_sqlite_values_insert(len(rows)), _values(rows))
-                return
-            with self.engine.begin() as conn:
+            # One statement needs no transaction around it; several are one transaction on the usual connections.
+            engine = self._sqlite_autocommit if len(rows) <= per_statement else self.engine
+            with engine.begin() as conn:
                 for start in range(0, len(rows), per_statement):
                     chunk = rows[start:start + per_statement]
                     conn.exec_driver_sql(_sqlite_values_insert(len(chunk)), _values(chunk))
@@ -528,8 +526,8 @@ class PredictionLog:
         # Predictions first, then labels: a label queued after its prediction finds the row in place.
         predictions = [r for r in batch if isinstance(r, PredictionRow)]
         labels = [r for r in batch if isinstance(r, LabelUpdate)]
-        lost = 0
         rows: list[dict[str, Any]] = []
+        lost = 0
         for r in predictions:
             try:
                 rows.append(r.as_db())
