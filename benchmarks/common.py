@@ -6,6 +6,7 @@ helpers it needs) stays light.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -13,7 +14,7 @@ import socket
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -122,13 +123,15 @@ def git_state() -> dict[str, Any]:
 
     def git(*args: str) -> str:
         try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.rstrip("\n")
+            out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout
+            return out.rstrip("\n")
         except Exception:
             return ""
 
     return {
         "commit": git("rev-parse", "--short", "HEAD").strip(),
-        "modified": [line[3:] for line in git("status", "--porcelain", "--", "exporter", "pyproject.toml").splitlines()],
+        "modified": [line[3:]
+                     for line in git("status", "--porcelain", "--", "exporter", "pyproject.toml").splitlines()],
     }
 
 
@@ -195,28 +198,45 @@ def drift_reference(rows: int, cols: int) -> Any:
     return Reference(drift_frame(rows, cols - n_cat, n_cat, seed=1), num, cat)
 
 
+@contextlib.contextmanager
+def open_store(url: str, schema: bool = False) -> Iterator[Any]:
+    """A ``PredictionStore`` on its own ``Database`` of ``url`` (the tables created first with ``schema``); both
+    disposed afterwards (the store's own SQLite autocommit engine, then the Database's engine)."""
+    from exporter.db import Database
+    from exporter.store import PredictionStore
+
+    db = Database(url)
+    store = PredictionStore(db)
+    try:
+        if schema:
+            db.ensure_schema()
+        yield store
+    finally:
+        store.dispose()
+        db.dispose()
+
+
 def fill_drift_window(url: str, rows: int, cols: int) -> None:
     """A predictions table holding ``rows`` logged predictions of the drifted window matching drift_reference()."""
     import math
     import uuid
 
-    from exporter.predictions import PredictionRow, PredictionStore
+    from exporter.store import PredictionRow
 
     n_cat = cols // 3
     frame = drift_frame(rows, cols - n_cat, n_cat, seed=2, drifted=True)
-    store = PredictionStore(url)
-    store.create_schema()
     now = time.time()
     records = frame.to_dict("records")
-    for start in range(0, rows, 10_000):
-        store.insert([
-            PredictionRow(
-                uuid.uuid4().hex, now, "1",
-                {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()}, "a", None,
-            ).as_db()
-            for record in records[start:start + 10_000]
-        ])
-    store.dispose()
+    with open_store(url, schema=True) as store:
+        for start in range(0, rows, 10_000):
+            store.insert([
+                PredictionRow(
+                    uuid.uuid4().hex, now, "1",
+                    {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()}, "a",
+                    None,
+                ).as_db()
+                for record in records[start:start + 10_000]
+            ])
 
 
 # -- demo config folder --------------------------------------------------------------------------------------------

@@ -380,9 +380,9 @@ def render(doc: dict[str, Any]) -> str:
                          f"{r['per_feature_alerts_meanwhile']} |")
     cost = doc.get("multivariate_cost")
     if cost:
-        lines += ["", f"Multivariate drift cost ({cost['features']} features): fit on {cost['reference_rows']} reference "
-                  f"rows {cost['fit_seconds']} s; a 3000-row window {cost['score_seconds_3000_rows']} s, a 100k-row "
-                  f"window {cost['score_seconds_100000_rows']} s (scored on a sample)."]
+        lines += ["", f"Multivariate drift cost ({cost['features']} features): fit on {cost['reference_rows']} "
+                  f"reference rows {cost['fit_seconds']} s; a 3000-row window {cost['score_seconds_3000_rows']} s, "
+                  f"a 100k-row window {cost['score_seconds_100000_rows']} s (scored on a sample)."]
     return "\n".join(lines)
 
 

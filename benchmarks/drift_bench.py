@@ -41,7 +41,9 @@ def quick_cases() -> list[Case]:
     ]
 
 
-def preset_scores(ref: Any, cur: Any, num: list[str], cat: list[str]) -> tuple[float, dict[str, tuple[str, float, float]]]:
+def preset_scores(
+    ref: Any, cur: Any, num: list[str], cat: list[str]
+) -> tuple[float, dict[str, tuple[str, float, float]]]:
     """(seconds, {column: (method display name, score, threshold)}) of Report([DataDriftPreset()]).run()."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
@@ -144,7 +146,8 @@ def run_case(case: Case, log: Any) -> dict[str, Any]:
 
 
 def run(quick: bool, log: Any) -> dict[str, Any]:
-    warnings.simplefilter("ignore")  # Evidently's and pandas' warnings (PerformanceWarning from normalise() at 1000 columns)
+    # Evidently's and pandas' warnings (PerformanceWarning from normalise() at 1000 columns)
+    warnings.simplefilter("ignore")
     cases = quick_cases() if quick else full_cases()
     details = {case.key: run_case(case, log) for case in cases}
     results: dict[str, Any] = {"drift_details": details}

@@ -1,10 +1,10 @@
 """Scale-out section: retention on a large predictions table, and ``exporter serve --workers 2`` against 1.
 
 Retention (SQLite, and PostgreSQL when reachable): a predictions table of ``rows`` rows (1M; 100k with --quick) is
-filled in bulk through the product's table definition (``exporter.predictions.predictions_table``, SQLAlchemy
+filled in bulk through the product's table definition (``exporter.db.predictions_table``, SQLAlchemy
 executemany; no HTTP), the older half 40 days old. Then, in this order:
 
-- the drift job's window query (``PredictionStore.window(size, model_version=...)``, as ``exporter.job`` calls it)
+- the drift job's window query (``PredictionStore.window(size, model_version=...)``, as ``exporter.run`` calls it)
   for 3000 and 100000 rows, on the full table;
 - the backlog is worked off by ``exporter.retention.prune`` with the default retention config (30 days, 5M rows),
   called tick after tick as the job leader calls it once per drift interval (5000-row batches, 5 s budget per
@@ -17,9 +17,10 @@ executemany; no HTTP), the older half 40 days old. Then, in this order:
   to ``rows`` before every run, outside the measurement). The server's prediction writer records how long each of
   its batched INSERTs took (``--insert-log``): the longest is what the prune made an insert wait.
 
-Workers: two ``exporter serve`` processes (the real CLI, its console script; ``--workers 2`` uses its multiprocess set-up),
-one with ``--workers 1`` and one with ``--workers 2``, each on its own SQLite file, the drift job's interval set
-to an hour (only its start-up run happens, before the measurement); the same load in alternating rounds.
+Workers: two ``exporter serve`` processes (the real CLI, its console script; ``--workers 2`` uses its multiprocess
+set-up), one with ``--workers 1`` and one with ``--workers 2``, each on its own SQLite file, the drift job's
+interval set to an hour (only its start-up run happens, before the measurement); the same load in alternating
+rounds.
 
 ``python -m benchmarks.scaleout prune --db URL --max-rows N --seconds S``: the pruning process (prints one line
 ``started`` when it begins its first tick, and one JSON object when it stops).
@@ -43,7 +44,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import ROOT, demo_config, demo_records, median
+from benchmarks.common import ROOT, demo_config, demo_records, median, open_store
 from benchmarks.http_bench import Server, _bodies, loadgen, servers
 
 MODEL_VERSION = "1"  # the demo config's model.version: the window query filters on it as the job does
@@ -67,17 +68,17 @@ def _row_pool() -> list[tuple[str, str, str]]:
 
 def fill(url: str, rows: int, old_rows: int, now: float, chunk: int = 50_000) -> float:
     """Append ``rows`` predictions (the first ``old_rows`` of them OLD_DAYS old, the rest within the last day, ids
-    in time order) to the table ``PredictionStore.create_schema`` makes: SQLAlchemy executemany of
+    in time order) to the table ``Database.ensure_schema`` makes: SQLAlchemy executemany of
     ``predictions_table.insert()`` on SQLite, COPY into its columns on PostgreSQL (executemany runs at ~15k
     rows/s there); returns the seconds it took."""
     from sqlalchemy import text
 
-    from exporter.predictions import PredictionStore, predictions_table
+    from exporter.db import Database, predictions_table
 
     pool = _row_pool()
-    store = PredictionStore(url)
-    store.create_schema()
-    copy = store.engine.dialect.name == "postgresql"
+    db = Database(url)
+    db.ensure_schema()
+    copy = db.engine.dialect.name == "postgresql"
     columns = ["request_id", "created_at", "model_version", "features", "prediction", "probabilities"]
     started = time.perf_counter()
     old_start, new_start = now - OLD_DAYS * 86400, now - 86400
@@ -91,7 +92,7 @@ def fill(url: str, rows: int, old_rows: int, now: float, chunk: int = 50_000) ->
             batch.append({"request_id": uuid.uuid4().hex, "created_at": created, "model_version": MODEL_VERSION,
                           "features": features, "prediction": prediction, "probabilities": probabilities})
         if copy:
-            raw = store.engine.raw_connection()
+            raw = db.engine.raw_connection()
             try:
                 with raw.cursor() as cur, cur.copy(  # type: ignore[attr-defined]
                     f"COPY {predictions_table.name} ({', '.join(columns)}) FROM STDIN"
@@ -102,26 +103,23 @@ def fill(url: str, rows: int, old_rows: int, now: float, chunk: int = 50_000) ->
             finally:
                 raw.close()
         else:
-            with store.engine.begin() as conn:
+            with db.engine.begin() as conn:
                 conn.execute(predictions_table.insert(), batch)
     seconds = time.perf_counter() - started
     if copy:
         # Statistics, as autovacuum's analyze would have gathered them for a table that grew this big: without
         # them the planner takes the window query's model_version filter for a few rows and sorts the whole table
         # (measured: 350-700 ms for 3000 rows instead of 2 ms).
-        with store.engine.begin() as conn:
+        with db.engine.begin() as conn:
             conn.execute(text(f"ANALYZE {predictions_table.name}"))
-    store.dispose()
+    db.dispose()
     return seconds
 
 
 def top_up(url: str, rows: int) -> int:
     """Append recent rows until the table holds ``rows``; how many were added."""
-    from exporter.predictions import PredictionStore
-
-    store = PredictionStore(url)
-    missing = rows - store.count()
-    store.dispose()
+    with open_store(url) as store:
+        missing = rows - store.count()
     if missing > 0:
         fill(url, missing, 0, time.time())
     return max(0, missing)
@@ -155,22 +153,20 @@ class TimedEngine:
 def prune_backlog(url: str, now: float, max_ticks: int = 1000) -> dict[str, Any]:
     """Ticks of the job's ``prune`` call (the default retention config) until one deletes nothing."""
     from exporter.config import RetentionSection
-    from exporter.predictions import PredictionStore
     from exporter.retention import prune
 
     retention = RetentionSection()
-    store = PredictionStore(url)
-    before = store.count()
-    timed = TimedEngine(store.engine)
-    ticks: list[tuple[float, int]] = []
-    for _ in range(max_ticks):
-        start = time.perf_counter()
-        deleted = prune(timed, retention.max_age_days, retention.max_rows, now=now)  # type: ignore[arg-type]
-        if not deleted:
-            break
-        ticks.append((time.perf_counter() - start, deleted))
-    after = store.count()
-    store.dispose()
+    with open_store(url) as store:
+        before = store.count()
+        timed = TimedEngine(store.engine)
+        ticks: list[tuple[float, int]] = []
+        for _ in range(max_ticks):
+            start = time.perf_counter()
+            deleted = prune(timed, retention.max_age_days, retention.max_rows, now=now)  # type: ignore[arg-type]
+            if not deleted:
+                break
+            ticks.append((time.perf_counter() - start, deleted))
+        after = store.count()
     seconds = sum(t for t, _ in ticks)
     deleted_total = sum(d for _, d in ticks)
     return {
@@ -186,20 +182,17 @@ def prune_backlog(url: str, now: float, max_ticks: int = 1000) -> dict[str, Any]
 
 def window_ms(url: str, sizes: dict[str, int], repeat: int) -> dict[str, float]:
     """Median ms of the drift job's window query for each of ``sizes``."""
-    from exporter.predictions import PredictionStore
-
-    store = PredictionStore(url)
     out = {}
-    for key, size in sizes.items():
-        store.window(size, None, model_version=MODEL_VERSION)  # warm the cache, as the periodic job finds it
-        times = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            frame = store.window(size, None, model_version=MODEL_VERSION)
-            times.append(time.perf_counter() - start)
-            assert len(frame) == size, (len(frame), size)
-        out[key] = median(times) * 1000
-    store.dispose()
+    with open_store(url) as store:
+        for key, size in sizes.items():
+            store.window(size, None, model_version=MODEL_VERSION)  # warm the cache, as the periodic job finds it
+            times = []
+            for _ in range(repeat):
+                start = time.perf_counter()
+                frame = store.window(size, None, model_version=MODEL_VERSION)
+                times.append(time.perf_counter() - start)
+                assert len(frame) == size, (len(frame), size)
+            out[key] = median(times) * 1000
     return out
 
 
@@ -212,7 +205,7 @@ def prune_process(argv: list[str]) -> int:
     parser.add_argument("--seconds", type=float, required=True, help="start no tick after this many seconds")
     args = parser.parse_args(argv)
 
-    from exporter.predictions import make_engine
+    from exporter.db import make_engine
     from exporter.retention import prune
 
     engine = make_engine(args.db)
@@ -379,7 +372,8 @@ def retention_section(label: str, url: str, rows: int, quick: bool, tmp: Path, r
     repeat = 3
     sizes = {"3000": 3000, "100k": 20_000} if quick else WINDOW_SIZES
     before = window_ms(url, sizes, repeat)
-    log(f"scaleout ({label}): window query on {rows} rows: " + ", ".join(f"{s}: {ms:.0f} ms" for s, ms in before.items()))
+    log(f"scaleout ({label}): window query on {rows} rows: "
+        + ", ".join(f"{s}: {ms:.0f} ms" for s, ms in before.items()))
     pruned = prune_backlog(url, now)
     log(f"scaleout ({label}): prune deleted {pruned['deleted']} rows in {pruned['ticks']} ticks, "
         f"{pruned['seconds']:.1f}s in ticks ({pruned['rows_per_s']:.0f} rows/s), batches median "

@@ -6,21 +6,27 @@ measurement) and the access log off (printing every request costs more than what
 only in what happens to the logged rows:
 
 ``on``    the project's prediction log: ``PredictionLog.enqueue`` (bounded queue, batching writer thread).
-``toggle`` ``on`` that SIGUSR1 switches off (``service.prediction_log.enqueue`` replaced by a no-op: nothing is
+``toggle`` ``on`` that SIGUSR1 switches off (``app.state.prediction_log.enqueue`` replaced by a no-op: nothing is
           logged, nothing else changes) and SIGUSR2 back on, so the two are measured in the same process (two
           processes of the same code can differ by several per cent in speed); the rows it was given to log while
-          on are counted and written to ``--status-file`` once the log has drained at shutdown.
+          on are counted and written to ``--status-file`` once the app's lifespan has shut down (it stops the log,
+          which drains its queue; ``AfterShutdown``).
 ``seed``  the seed's way: a FastAPI ``BackgroundTasks``-style task after each response, one SQLite INSERT and one
-          commit per request (``PredictionStore.insert`` of that request's row), run in the threadpool after the
-          response is sent, exactly as Starlette runs a sync background task.
+          commit per request (``PredictionStore.insert`` of that request's row, on the prediction log's store),
+          run in the threadpool after the response is sent, exactly as Starlette runs a sync background task.
+
+``toggle`` and ``seed`` (and ``--insert-log``) replace a method on an object of the built app
+(``prediction_log.enqueue``, ``store.insert``), which the project otherwise forbids (inject instead): these are
+measurement devices, and ``create_app`` has no injection point for the prediction log or its store, while
+building the app by hand would no longer measure the app as ``exporter serve`` builds it.
 
 Every variant gets the same pass-through ASGI middleware (it only does work in ``seed``), so the request path is
 otherwise identical.
 
 ``--drift-rows/--drift-cols/--drift-db/--drift-isolation``: also set up the drift job over a window of that size
-(read from the given database) with the app's runner for that isolation; SIGUSR1 starts a background thread (as
-APScheduler's would) that runs the job back to back, SIGUSR2 stops it after the current run. Its runs and
-durations go to ``--status-file`` as JSON.
+(read from the given database) with the runner the app uses for that isolation (``exporter.runners``); SIGUSR1
+starts a background thread (as APScheduler's would) that runs the job back to back, SIGUSR2 stops it after the
+current run. Its runs and durations go to ``--status-file`` as JSON.
 
 ``--insert-log FILE``: the prediction writer's batched INSERTs are timed; one line per INSERT is appended to FILE
 (wall-clock start, seconds, rows), so a benchmark can see how long an insert waited for another writer's lock.
@@ -66,6 +72,28 @@ class PerRequestInsert:
                 await run_in_threadpool(self.insert, [row.as_db()])
 
 
+class AfterShutdown:
+    """Pure ASGI wrapper: calls ``callback`` once the app's lifespan has shut down (its prediction log stopped and
+    drained), before uvicorn hears of it. Code after ``uvicorn.run`` would not run: uvicorn re-raises the SIGTERM
+    it shut down on."""
+
+    def __init__(self, app: Any, callback: Any) -> None:
+        self.app = app
+        self.callback = callback
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_after(message: dict[str, Any]) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                self.callback()
+            await send(message)
+
+        await self.app(scope, receive, send_after)
+
+
 class DriftLoop:
     """The drift job, back to back, while switched on: from a background thread (as APScheduler's), each run is
     ``runner.run(timeout)`` with the runner the service would use for ``drift.isolation`` (``WorkerRunner``: a
@@ -74,7 +102,8 @@ class DriftLoop:
 
     def __init__(self, rows: int, cols: int, db_url: str, isolation: str, status_file: Path | None) -> None:
         from benchmarks.common import drift_reference
-        from exporter.job import InProcessRunner, JobSpec, WorkerRunner
+        from exporter.run import JobSpec
+        from exporter.runners import InProcessRunner, WorkerRunner
 
         spec = JobSpec(
             reference=drift_reference(rows, cols), database_url=db_url, window_size=rows, window_seconds=None,
@@ -121,20 +150,17 @@ class DriftLoop:
 
 class LoggingToggle:
     """Logging on (``PredictionLog.enqueue``) or off (nothing is logged), switched from a signal handler; counts the
-    rows handed to the prediction log while on, and writes the count to ``status_file`` once the log has stopped
-    (drained its queue) at shutdown."""
+    rows handed to the prediction log while on; ``write_status`` writes the count to ``status_file`` (called by
+    ``AfterShutdown`` once the app's lifespan has stopped the log, which drains its queue)."""
 
     def __init__(self, prediction_log: Any, status_file: Path | None) -> None:
         self.prediction_log = prediction_log
         self.real_enqueue = prediction_log.enqueue
-        self.real_stop = prediction_log.stop
         self.status_file = status_file
         self.rows = 0
-        prediction_log.stop = self._stop
         self.on()
 
-    def _stop(self, *args: Any, **kwargs: Any) -> None:
-        self.real_stop(*args, **kwargs)
+    def write_status(self) -> None:
         if self.status_file is not None:
             self.status_file.write_text(json.dumps({"rows_enqueued": self.rows}))
 
@@ -142,6 +168,8 @@ class LoggingToggle:
         self.rows += len(rows)
         return int(self.real_enqueue(rows))
 
+    # A measurement device, not a pattern: the app's prediction log has its enqueue swapped (see the module's
+    # docstring); PredictionService calls ``prediction_log.enqueue`` on each answer, so the swap is all it takes.
     def on(self, *_: Any) -> None:
         self.prediction_log.enqueue = self._enqueue
 
@@ -176,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drift-db", help="SQLAlchemy URL of a predictions table holding the drift window")
     parser.add_argument("--drift-isolation", choices=["process", "thread"], default="process")
     parser.add_argument("--status-file", type=Path)
-    parser.add_argument("--insert-log", type=Path, help="append one line per prediction-log INSERT: start, seconds, rows")
+    parser.add_argument("--insert-log", type=Path,
+                        help="append one line per prediction-log INSERT: start, seconds, rows")
     args = parser.parse_args(argv)
     if args.variant == "toggle" and args.drift_rows:
         parser.error("--variant toggle and --drift-rows both use SIGUSR1 and SIGUSR2")
@@ -193,8 +222,9 @@ def main(argv: list[str] | None = None) -> int:
 
     warnings.simplefilter("ignore", pd.errors.PerformanceWarning)
     app = create_app(load_settings(args.config), start_scheduler=False)
-    service = app.state.service
+    prediction_log = app.state.prediction_log
     insert = None
+    toggle = None
     if args.variant == "seed":
         def enqueue(rows: list[Any]) -> int:
             pending = _rows.get()
@@ -202,22 +232,24 @@ def main(argv: list[str] | None = None) -> int:
                 pending.extend(rows)
             return 0
 
-        service.prediction_log.enqueue = enqueue
-        insert = service.store.insert
+        # A measurement device (see the module's docstring): the rows go to the per-request INSERT instead.
+        prediction_log.enqueue = enqueue
+        insert = prediction_log.store.insert
     elif args.variant == "toggle":
-        toggle = LoggingToggle(service.prediction_log, args.status_file)
+        toggle = LoggingToggle(prediction_log, args.status_file)
         signal.signal(signal.SIGUSR1, toggle.off)
         signal.signal(signal.SIGUSR2, toggle.on)
     app.add_middleware(PerRequestInsert, insert=insert)
     if args.insert_log is not None:
-        _time_inserts(service.prediction_log.store, args.insert_log)
+        _time_inserts(prediction_log.store, args.insert_log)
 
     if args.drift_rows:
         loop = DriftLoop(args.drift_rows, args.drift_cols, args.drift_db, args.drift_isolation, args.status_file)
         signal.signal(signal.SIGUSR1, loop.start)
         signal.signal(signal.SIGUSR2, loop.stop)
 
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False,
+    served = app if toggle is None else AfterShutdown(app, toggle.write_status)
+    uvicorn.run(served, host="127.0.0.1", port=args.port, log_level="warning", access_log=False,
                 timeout_graceful_shutdown=30)
     return 0
 

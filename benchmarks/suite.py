@@ -202,7 +202,8 @@ def print_table(results: dict[str, Any], quick: bool, hide_missing: bool = False
         if ok is not None:
             total += 1
             met += ok
-        verdict = "[green]pass" if ok else ("[red]FAIL" if ok is False else ("[yellow]missing" if value is None else ""))
+        missing = "[yellow]missing" if value is None else ""
+        verdict = "[green]pass" if ok else ("[red]FAIL" if ok is False else missing)
         table.add_row(t.label, t.key, measured, target, verdict)
     console = Console()
     if not console.is_terminal:
@@ -252,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     results["targets_met"] = met
     results["targets_checked"] = total
     write_json(out_path, results)
-    log(f"{met} of {total} targets met; wrote {out_path.relative_to(ROOT) if out_path.is_relative_to(ROOT) else out_path}")
+    shown = out_path.relative_to(ROOT) if out_path.is_relative_to(ROOT) else out_path
+    log(f"{met} of {total} targets met; wrote {shown}")
     if results["errors"]:
         log(f"sections failed: {', '.join(results['errors'])}")
         return 1

@@ -10,7 +10,7 @@ requests are known to be arriving (their bodies being read or validated, counted
 wait for them, at most ``max_wait_ms``. It runs the call in one dedicated thread, so the event loop keeps parsing
 the next requests meanwhile, and these gather for the next call (continuous batching).
 
-Each request keeps its own answers, request_ids, logged rows and count (``Service.answer`` per request, run in
+Each request keeps its own answers, request_ids, logged rows and count (``PredictionService.answer`` per request, run in
 the request's own contextvars, so tracing or log context set by middleware follows its rows). When the
 model refuses a gathered batch (ValueError / TypeError), each request is retried alone, so only the culprit gets
 its 422 and is counted as a prediction error (any other exception, too, reaches only the request that raises it
@@ -29,11 +29,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from exporter.service import PredictionError
+from exporter.service import PredictionError, PredictionService
 
 if TYPE_CHECKING:
     from exporter.model import Predictions
-    from exporter.service import Service
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +55,7 @@ _arrival: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar("ba
 
 
 def predict_gathered(
-    service: Service, requests: list[list[dict[str, Any]]], contexts: list[contextvars.Context] | None = None
+    service: PredictionService, requests: list[list[dict[str, Any]]], contexts: list[contextvars.Context] | None = None
 ) -> list[Outcome]:
     """One model call for several requests' records; each request's answers, or its own error. With
     ``contexts`` (one per request), each request's answers are built and logged in its own context."""
@@ -83,14 +82,14 @@ def _call(fn: Callable[..., Outcome], *args: Any) -> Outcome:
     return fn(*args)
 
 
-def _alone(service: Service, records: list[dict[str, Any]]) -> Outcome:
+def _alone(service: PredictionService, records: list[dict[str, Any]]) -> Outcome:
     try:
         return service.predict(records)
     except Exception as exc:  # as the request would have met it without batching
         return exc
 
 
-def _answer(service: Service, records: list[dict[str, Any]], share: Predictions) -> Outcome:
+def _answer(service: PredictionService, records: list[dict[str, Any]], share: Predictions) -> Outcome:
     if not share.finite:
         try:
             service.refuse_non_finite()
@@ -102,7 +101,7 @@ def _answer(service: Service, records: list[dict[str, Any]], share: Predictions)
 class Batcher:
     """This worker's queue of validated requests and the task that gathers them into model calls."""
 
-    def __init__(self, service: Service, max_batch_size: int, max_wait_ms: float) -> None:
+    def __init__(self, service: PredictionService, max_batch_size: int, max_wait_ms: float) -> None:
         self.service = service
         self.max_rows = max_batch_size
         self.max_wait = max_wait_ms / 1000

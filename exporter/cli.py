@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import os
@@ -16,6 +17,10 @@ from typing import Any
 from exporter import __version__
 
 CONFIG_ENV = "EXPORTER_CONFIG"
+# Where a worker of ``serve --workers N`` leaves its start-up error for the parent to report and exit with.
+STARTUP_ERROR_ENV = "EXPORTER_STARTUP_ERROR_FILE"
+# uvicorn's multi-worker supervisor restarts a worker that exits with any other code, forever.
+STARTUP_FAILURE = 3
 # How long uvicorn waits for requests in flight after SIGTERM; the prediction log's flush comes after it.
 GRACEFUL_SHUTDOWN_SECONDS = 30
 
@@ -31,11 +36,23 @@ def _resolve_config(config: str | None) -> Path:
 
 
 def app_factory() -> Any:
-    """Entry point for uvicorn (``factory=True``), reading the config path from ``EXPORTER_CONFIG``."""
-    from exporter.app import create_app
-    from exporter.config import load_settings
+    """Entry point for uvicorn's workers (``factory=True``), reading the config path from ``EXPORTER_CONFIG``.
 
-    return create_app(load_settings(os.environ[CONFIG_ENV]))
+    A start-up error is left for the parent (``cmd_serve``) to print, and the worker exits with uvicorn's
+    STARTUP_FAILURE, the one code on which the supervisor stops instead of restarting it."""
+    from exporter.app import create_app
+    from exporter.config import ConfigError, load_settings
+    from exporter.startup import StartupError
+
+    try:
+        return create_app(load_settings(os.environ[CONFIG_ENV]))
+    except (ConfigError, StartupError) as exc:
+        marker = os.environ.get(STARTUP_ERROR_ENV)
+        if marker:
+            Path(marker).write_text(str(exc))
+        else:
+            print(f"exporter: error: {exc}", file=sys.stderr)
+        sys.exit(STARTUP_FAILURE)
 
 
 def _fail(message: str) -> int:
@@ -54,32 +71,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from exporter.app import create_app
-    from exporter.service import StartupError
+    from exporter.startup import StartupError
 
-    try:
-        if args.workers == 1:
-            app = create_app(settings)
-    except StartupError as exc:
-        return _fail(str(exc))
-    logging.getLogger("exporter").info("serving %s with config %s", settings.model.name, path)
     if args.workers == 1:
+        try:
+            app = create_app(settings)
+        except StartupError as exc:
+            return _fail(str(exc))
+        logging.getLogger("exporter").info("serving %s with config %s", settings.model.name, path)
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                     timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
-    else:
-        # One drift job for all workers (exporter.deployment); counters summed over them through
-        # prometheus_client's multiprocess files, in a directory that starts empty (exporter.shared_metrics).
-        metrics_dir = _empty_metrics_dir()
-        logging.getLogger("exporter").info("--workers %d: counters summed over the workers in %s", args.workers,
-                                           metrics_dir)
-        os.environ[CONFIG_ENV] = str(path.resolve())
-        try:
-            uvicorn.run(
-                "exporter.cli:app_factory", factory=True, host=args.host, port=args.port, workers=args.workers,
-                log_level=args.log_level, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-            )
-        finally:
-            if metrics_dir.name.startswith(METRICS_DIR_PREFIX):
-                shutil.rmtree(metrics_dir, ignore_errors=True)
+        return 0
+    # One drift job for all workers (exporter.locks); counters summed over them through prometheus_client's
+    # multiprocess files, in a directory that starts empty (exporter.shared_metrics).
+    metrics_dir = _empty_metrics_dir()
+    logging.getLogger("exporter").info("serving %s with config %s; --workers %d: counters summed over the "
+                                       "workers in %s", settings.model.name, path, args.workers, metrics_dir)
+    os.environ[CONFIG_ENV] = str(path.resolve())
+    marker = Path(tempfile.mkdtemp(prefix="exporter-startup-")) / "error"
+    os.environ[STARTUP_ERROR_ENV] = str(marker)
+    try:
+        uvicorn.run(
+            "exporter.cli:app_factory", factory=True, host=args.host, port=args.port, workers=args.workers,
+            log_level=args.log_level, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        )
+        if marker.exists():  # a worker could not start: uvicorn stopped the others; its error is the answer
+            return _fail(marker.read_text())
+    finally:
+        shutil.rmtree(marker.parent, ignore_errors=True)
+        if metrics_dir.name.startswith(METRICS_DIR_PREFIX):
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 
@@ -176,29 +197,44 @@ def _send_labels(client: Any, url: str, answers: list[dict[str, Any]], truth: li
 
 
 def cmd_drift(args: argparse.Namespace) -> int:
+    """Drift over the current window, computed now: nothing is stored, pruned or locked, so it is safe beside a
+    running service (whose own latest run is at /drift)."""
     from rich.console import Console
     from rich.table import Table
 
     from exporter.config import ConfigError, load_settings
-    from exporter.service import Service, StartupError
+    from exporter.runners import InProcessRunner, JobError
+    from exporter.startup import StartupError, build
 
     try:
-        service = Service(load_settings(_resolve_config(args.config)))
+        settings = load_settings(_resolve_config(args.config))
+        parts = build(settings)
     except (ConfigError, StartupError) as exc:
         return _fail(str(exc))
-    cfg = service.settings.drift
-    cfg.report = False
-    cfg.isolation = "thread"  # one run: no worker process needed
-    cfg.timeout_seconds = math.inf  # in the foreground, shown however long it takes
-    service.run_drift_job()
+    cfg = settings.drift
+    try:
+        logged = _has_predictions(settings.resolved_database_url)
+    except Exception as exc:
+        return _fail(f"database_url: cannot read the predictions table: {' '.join(str(exc).split())}")
+    if not logged:
+        print(f"window: 0 rows; drift skipped: no predictions logged yet in {settings.resolved_database_url}")
+        return 0
+    # One run in the foreground: no report, no reference check (it only warns, from the service's log).
+    spec = dataclasses.replace(parts.job_spec(), report=False, reference_check=None)
+    runner = InProcessRunner(spec)
+    try:
+        output = runner.run(math.inf)
+    except JobError as exc:
+        return _fail(f"drift failed: {exc}")
+    finally:
+        runner.close()
+    result = output.drift
     console = Console(width=None if sys.stdout.isatty() else 160)
-    result = service.drift_result
-    if result is None:
-        return _fail(f"drift failed: {service.job_stats.last_error}")
     if result.skipped_reason:
         console.print(f"window: {result.window_rows} rows; drift skipped: {result.skipped_reason}")
         return 0
-    table = Table(title=f"Drift of the last {result.window_rows} predictions (window_size={cfg.window_size})")
+    table = Table(title=f"Drift of the last {result.window_rows} predictions (window_size={cfg.window_size}), "
+                        "computed now")
     for col in ("feature", "type", "stat test", "score", "threshold", "drift", "missing", "unseen"):
         table.add_column(col, justify="right" if col in ("score", "threshold", "missing", "unseen") else "left",
                          no_wrap=col == "feature")
@@ -223,17 +259,33 @@ def cmd_drift(args: argparse.Namespace) -> int:
         mv = result.multivariate
         console.print(f"multivariate drift: {mv.method} {mv.score:.4g} (threshold {mv.threshold:.4g}, {mv.rows} rows) "
                       f"{'[red]drifted' if mv.detected else '[green]stable'}")
-    quality = service.quality_result
+    quality = output.quality
     if quality is not None and quality.metrics:
-        shown = ", ".join(f"{k} {v:.4g} (reference {service.quality_reference.get(k, float('nan')):.4g})"
+        shown = ", ".join(f"{k} {v:.4g} (reference {parts.quality_reference.get(k, float('nan')):.4g})"
                           for k, v in quality.metrics.items())
         console.print(f"model quality over {quality.rows} labelled predictions: {shown}")
-    estimate = service.estimate_result
+    estimate = output.estimate
     if estimate is not None and estimate.metrics:
         shown = ", ".join(f"{k} {m.value:.4g} [{m.lower:.4g}, {m.upper:.4g}]" for k, m in estimate.metrics.items())
         console.print(f"estimated quality over {estimate.rows} predictions ({estimate.method}, 99% band): {shown}")
-    service.stop()
     return 0
+
+
+def _has_predictions(url: str) -> bool:
+    """Whether the predictions table exists, without creating an SQLite file that is not there."""
+    from sqlalchemy import inspect
+    from sqlalchemy.engine import make_url
+
+    from exporter.db import make_engine
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and not Path(str(parsed.database)).is_file():
+        return False
+    engine = make_engine(url)
+    try:
+        return inspect(engine).has_table("predictions")
+    finally:
+        engine.dispose()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -267,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--token", default=os.environ.get("EXPORTER_TOKEN"), help="bearer token, if the API needs one")
     sim.set_defaults(func=cmd_simulate)
 
-    drift = sub.add_parser("drift", help="compute drift over the current window once and print it")
+    drift = sub.add_parser("drift", help="compute drift over the current window now and print it (stores nothing)")
     drift.add_argument("--config", help="config YAML (default: the bundled demo)")
     drift.set_defaults(func=cmd_drift)
     return parser

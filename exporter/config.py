@@ -94,12 +94,16 @@ class DriftSection(_Section):
     )
     false_alerts_per_month: float = Field(
         default=0.01, gt=0, le=100,
-        description="Calibrated mode: expected false drift alerts per feature per month on stationary traffic, at most.",
+        description=(
+            "Calibrated mode: expected false drift alerts per feature per month on stationary traffic, at most."
+        ),
     )
     per_feature: dict[str, FeatureDriftSection] = Field(default_factory=dict)
     prediction: FeatureDriftSection = Field(default_factory=FeatureDriftSection)
     report: bool = Field(default=True, description="Build the Evidently HTML report served at /monitoring.")
-    timeout_seconds: float = Field(default=300.0, gt=0, description="A run taking longer is abandoned and counted failed.")
+    timeout_seconds: float = Field(
+        default=300.0, gt=0, description="A run taking longer is abandoned and counted failed."
+    )
     isolation: Literal["process", "thread"] = Field(
         default="process", description="Run the job in a worker process (default) or a thread of the service."
     )
@@ -109,7 +113,11 @@ class DriftSection(_Section):
         """Calibrated mode's per-run false-flag probability; None in evidently mode."""
         from exporter.calibration import per_run_alpha
 
-        return per_run_alpha(self.false_alerts_per_month, self.interval_seconds) if self.thresholds == "calibrated" else None
+        return (
+            per_run_alpha(self.false_alerts_per_month, self.interval_seconds)
+            if self.thresholds == "calibrated"
+            else None
+        )
 
     @model_validator(mode="after")
     def _check(self) -> DriftSection:
@@ -128,7 +136,9 @@ class RetentionSection(_Section):
 
 
 class PredictionLogSection(_Section):
-    queue_size: int = Field(default=100_000, ge=1, description="Rows buffered in memory; beyond this rows are dropped and counted.")
+    queue_size: int = Field(
+        default=100_000, ge=1, description="Rows buffered in memory; beyond this rows are dropped and counted."
+    )
     batch_size: int = Field(default=500, ge=1)
     flush_interval_seconds: float = Field(default=0.5, gt=0)
     shutdown_timeout_seconds: float = Field(default=30.0, gt=0)
@@ -160,8 +170,10 @@ class AuthSection(_Section):
         if self.token is not None and not self.token.strip():
             raise ValueError("auth.token is empty: unset it to turn authentication off, or set a token")
         if self.protect_metrics and self.token is None:
-            raise ValueError("auth.protect_metrics is true but auth.token is not set: set a token (EXPORTER_AUTH__TOKEN) "
-                             "or turn protect_metrics off")
+            raise ValueError(
+                "auth.protect_metrics is true but auth.token is not set: set a token (EXPORTER_AUTH__TOKEN) "
+                "or turn protect_metrics off"
+            )
         return self
 
 
@@ -204,7 +216,8 @@ class Settings(BaseSettings):
         keep = self.prediction_log.retention.max_rows
         if keep is not None and keep < self.drift.window_size:
             raise ValueError(
-                f"prediction_log.retention.max_rows ({keep}) is smaller than drift.window_size ({self.drift.window_size}):"
+                f"prediction_log.retention.max_rows ({keep}) is smaller than drift.window_size "
+                f"({self.drift.window_size}):"
                 " the drift window would never fill"
             )
         if self.max_batch_records > self.prediction_log.queue_size:

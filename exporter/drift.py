@@ -21,6 +21,7 @@ from threadpoolctl import ThreadpoolController
 from exporter.calibration import CALIBRATED_TESTS, calibrated_threshold, per_run_alpha, unseen_limit
 from exporter.features import category_texts
 from exporter.multivariate import MultivariateDrift, fit_multivariate
+from exporter.serde import known_fields
 from exporter.stattests import CATEGORICAL, NUMERICAL, ColumnStats, TestResult, run_test, select_test
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,17 @@ class DriftResult:
         out["drift_share"] = self.drift_share
         out["dataset_drift"] = self.dataset_drift
         return out
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> DriftResult:
+        """The inverse of ``asdict`` (and of ``to_dict``: its derived keys are ignored)."""
+        prediction, multivariate = doc.get("prediction"), doc.get("multivariate")
+        return known_fields(
+            cls, doc,
+            features={k: known_fields(FeatureDrift, v) for k, v in doc.get("features", {}).items()},
+            prediction=None if prediction is None else known_fields(PredictionDrift, prediction),
+            multivariate=None if multivariate is None else known_fields(MultivariateDrift, multivariate),
+        )
 
 
 class Reference:

@@ -30,6 +30,7 @@ from sklearn.model_selection import KFold
 from exporter.drift import threadpools
 from exporter.features import category_text, category_texts
 from exporter.quality import classification_quality, regression_quality
+from exporter.serde import known_fields
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,8 @@ class EstimateResult:
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> EstimateResult:
-        return cls(doc["method"], doc["rows"], {k: MetricEstimate(**v) for k, v in doc["metrics"].items()},
-                   doc.get("error_rows", 0), dict(doc.get("error", {})))
+        return known_fields(cls, doc, metrics={k: known_fields(MetricEstimate, v)
+                                               for k, v in doc.get("metrics", {}).items()})
 
 
 # --- calibration (CBPE) -------------------------------------------------------------------------------------------
@@ -75,8 +76,7 @@ def needs_calibration(p: np.ndarray, y: np.ndarray, seed: int = 0) -> bool:
     The judge is the Brier score of the out-of-fold calibrated probabilities against the model's own. Isotonic
     regression is monotone, so both rank the rows alike and share the refinement term of Murphy's decomposition:
     their Brier difference is their difference in calibration error, without the noise and the upward bias that
-    binning gives the ECE on a few hundred rows (measured: on a calibrated model the ECE rule kept a calibration
-    in most classes by chance, and the isotonic fit's overfitting then biased estimated accuracy by ~0.01)."""
+    binning gives an expected calibration error on a few hundred rows."""
     if len(p) < 2 * CV_FOLDS or y.min() == y.max() or np.ptp(p) == 0:
         return False
     calibrated = np.empty_like(p)
@@ -396,10 +396,6 @@ class EstimationSetup:
     numerical: list[str] = field(default_factory=list)
     categorical: list[str] = field(default_factory=list)
     estimator: ClassificationEstimator | RegressionEstimator | None = None
-    # The reference rule's check (reference_looks_like_training), run once where the estimator is fitted: the
-    # model file (loaded there, not pickled over), its feature columns of the labelled reference rows.
-    check: tuple[str, pd.DataFrame] | None = None
-    checked: str | None = None  # the warning the check gave, if any
 
     def fit(self) -> None:
         if self.estimator is not None:
@@ -410,20 +406,6 @@ class EstimationSetup:
             self.estimator = RegressionEstimator.fit(self.frame, self.numerical, self.categorical, self.predictions,
                                                      self.labels)
 
-    def check_reference(self) -> str | None:
-        """Warn (log, and return the sentence) when the reference looks like the model's training data."""
-        if self.check is None:
-            return None
-        import joblib
-
-        model_path, features = self.check
-        self.check = None  # once
-        self.checked = reference_looks_like_training(joblib.load(model_path), features, self.labels, self.predictions,
-                                                     self.task)
-        if self.checked:
-            log.warning("reference: %s", self.checked)
-        return self.checked
-
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["estimator"] = None  # fitted where it is used
@@ -432,21 +414,19 @@ class EstimationSetup:
 
 def setup_from_reference(task: str, classes: list[Any], frame: pd.DataFrame, target: str, predictions: pd.Series,
                          probabilities: list[dict[str, float]] | None, numerical: list[str],
-                         categorical: list[str], check: tuple[str, list[str]] | None = None) -> EstimationSetup | None:
-    """The estimation's inputs from the labelled reference rows; None when the model gives no probabilities.
-    ``check``: the model file and its feature columns, for the reference rule's check."""
+                         categorical: list[str]) -> EstimationSetup | None:
+    """The estimation's inputs from the labelled reference rows; None when the model gives no probabilities."""
     labelled = frame[target].notna().to_numpy()
-    checked = None if check is None else (check[0], frame.loc[labelled, check[1]].reset_index(drop=True))
     if task == "classification":
         if probabilities is None or not classes:
             return None
         keys = [str(c) for c in classes]  # keyed as /predict answers them
         matrix = np.array([[p.get(k, 0.0) for k in keys] for p, ok in zip(probabilities, labelled, strict=True) if ok])
         return EstimationSetup(task, list(classes), frame.loc[labelled, target].tolist(),
-                               predictions[labelled].tolist(), matrix.reshape(-1, len(keys)), None, check=checked)
+                               predictions[labelled].tolist(), matrix.reshape(-1, len(keys)), None)
     return EstimationSetup(task, [], frame.loc[labelled, target].tolist(), predictions[labelled].tolist(), None,
                            frame.loc[labelled, numerical + categorical].reset_index(drop=True),
-                           list(numerical), list(categorical), check=checked)
+                           list(numerical), list(categorical))
 
 
 def estimate_window(setup: EstimationSetup, window: pd.DataFrame, seed: int = 0) -> EstimateResult | None:
@@ -489,48 +469,3 @@ def estimate_window(setup: EstimationSetup, window: pd.DataFrame, seed: int = 0)
             error = {k: point[k] - realized[k] for k in point}
         return EstimateResult("dle", int(ok.sum()), metrics, int(sub.sum()), error)
     return None
-
-
-# --- the reference rule -------------------------------------------------------------------------------------------
-
-
-def reference_looks_like_training(estimator: Any, frame: pd.DataFrame, labels: Any, predictions: Any, task: str,
-                                  max_rows: int = 2000) -> str | None:
-    """A sentence when the model is much better on the reference than a copy of it refitted and cross-validated
-    on the reference: the sign of rows the model was trained on (in-sample error), which make estimated quality
-    too optimistic. None when it looks held out, or when the model cannot be cloned and refitted."""
-    from sklearn.base import clone
-    from sklearn.model_selection import cross_val_predict
-
-    y = pd.Series(list(labels)).reset_index(drop=True)
-    X = frame.reset_index(drop=True)
-    served = pd.Series(list(predictions)).reset_index(drop=True)
-    if len(y) > max_rows:
-        keep = np.random.default_rng(0).choice(len(y), max_rows, replace=False)
-        X, y, served = X.iloc[keep], y.iloc[keep], served.iloc[keep]
-    if len(y) < 50:
-        return None
-    try:
-        cv = KFold(CV_FOLDS, shuffle=True, random_state=0)
-        refit = cross_val_predict(clone(estimator), X, y.to_numpy(), cv=cv)
-    except Exception as exc:  # a custom model clone cannot refit: no check
-        log.debug("reference check skipped: %s", exc)
-        return None
-    n = len(y)
-    if task == "regression":
-        truth = y.to_numpy(dtype=float)
-        served_err = float(np.abs(truth - served.to_numpy(dtype=float)).mean())
-        cv_err = float(np.abs(truth - np.asarray(refit, dtype=float)).mean())
-        suspicious = served_err < 0.5 * cv_err
-        what = f"mean absolute error {served_err:.4g} on the reference against {cv_err:.4g} cross-validated"
-    else:
-        truth = np.array([category_text(v) for v in y])
-        served_err = float((truth != np.array([category_text(v) for v in served])).mean())
-        cv_err = float((truth != np.array([category_text(v) for v in refit])).mean())
-        noise = Z * math.sqrt(cv_err * (1 - cv_err) / n)
-        suspicious = served_err < 0.5 * cv_err and cv_err - served_err > noise
-        what = f"error rate {served_err:.4g} on the reference against {cv_err:.4g} cross-validated"
-    if not suspicious:
-        return None
-    return (f"the reference looks like the model's training data ({what} by a refitted copy of the model): "
-            "estimated quality will be too optimistic; use held-out data the model was not trained on as reference")

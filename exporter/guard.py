@@ -65,7 +65,8 @@ def check_request_path(model: Model, record: type[BaseModel], frame: pd.DataFram
         via = model.predict_frame(via_frame)
     except Exception as exc:
         raise RequestPathError(
-            f"{_difference(direct_frame, via_frame)}; the model refuses such requests: {type(exc).__name__}: {_line(exc)}"
+            f"{_difference(direct_frame, via_frame)}; the model refuses such requests: "
+            f"{type(exc).__name__}: {_line(exc)}"
         ) from exc
     differs = _first_difference(direct, via)
     if differs is not None:

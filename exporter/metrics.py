@@ -1,21 +1,21 @@
-"""Prometheus collectors. Drift gauges are built at scrape time from the latest DriftResult, so a scrape never
-mixes two runs and a feature that disappears stops being exported."""
+"""Prometheus collectors, read at scrape time. A scrape takes the drift job's published run once and builds every
+run-derived family from it, so it never mixes two runs, and a feature that disappears stops being exported."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from exporter.config import Settings
 from exporter.drift import DriftResult
-
-if TYPE_CHECKING:
-    from exporter.service import Service
+from exporter.drift_job import DriftJob, JobStats, Published
+from exporter.prediction_log import PredictionLog
+from exporter.service import PredictionService
 
 
 def _gauge(name: str, doc: str, value: float | None = None, labels: list[str] | None = None) -> GaugeMetricFamily:
@@ -25,49 +25,64 @@ def _gauge(name: str, doc: str, value: float | None = None, labels: list[str] | 
 
 
 @dataclass(frozen=True)
+class Sources:
+    """What this process counts: the request side, the prediction log, and the job's stats of one scrape."""
+
+    service: PredictionService
+    log: PredictionLog
+    job: JobStats
+
+
+@dataclass(frozen=True)
 class ServiceCounter:
     """A counter each process keeps as a plain number; with several workers it is summed over them."""
 
     name: str
     help: str
-    value: Callable[[Service], float]
+    value: Callable[[Sources], float]
 
 
 COUNTERS = (
-    ServiceCounter("model_predictions", "Rows predicted (a batch counts its rows).", lambda s: s.predictions_total),
+    ServiceCounter(
+        "model_predictions", "Rows predicted (a batch counts its rows).", lambda s: s.service.predictions_total
+    ),
     ServiceCounter(
         "model_prediction_errors",
         "Valid requests the model refused or answered with a non-finite value (answered 422).",
-        lambda s: s.prediction_errors,
+        lambda s: s.service.prediction_errors,
     ),
-    ServiceCounter("model_prediction_log_written", "Prediction rows persisted.", lambda s: s.prediction_log.written),
+    ServiceCounter("model_prediction_log_written", "Prediction rows persisted.", lambda s: s.log.written),
     ServiceCounter(
         "model_prediction_log_dropped", "Prediction rows lost (queue full or not written at shutdown).",
-        lambda s: s.prediction_log.dropped,
+        lambda s: s.log.dropped,
     ),
     ServiceCounter(
         "model_prediction_log_pruned", "Prediction rows deleted by retention (prediction_log.retention).",
-        lambda s: s.pruned_total,
+        lambda s: s.job.pruned,
     ),
-    ServiceCounter("model_feedback", "Labels received.", lambda s: s.feedback_total),
+    ServiceCounter("model_feedback", "Labels received.", lambda s: s.service.feedback_total),
     ServiceCounter(
         "model_feedback_dropped",
         "Labels accepted but not stored (refused by the database, their prediction row lost, or not written "
         "before shutdown).",
-        lambda s: s.prediction_log.labels_dropped,
+        lambda s: s.log.labels_dropped,
     ),
     ServiceCounter(
-        "model_feedback_replaced", "Labels that replaced a different earlier label.", lambda s: s.feedback_replaced
+        "model_feedback_replaced", "Labels that replaced a different earlier label.",
+        lambda s: s.service.feedback_replaced,
     ),
-    ServiceCounter("model_drift_job_runs", "Drift job runs.", lambda s: s.job_stats.runs),
-    ServiceCounter("model_drift_job_failures", "Drift job runs that failed.", lambda s: s.job_stats.failures),
+    ServiceCounter("model_drift_job_runs", "Drift job runs.", lambda s: s.job.runs),
+    ServiceCounter("model_drift_job_failures", "Drift job runs that failed.", lambda s: s.job.failures),
     ServiceCounter(
-        "model_drift_job_timeouts", "Drift job runs abandoned after drift.timeout_seconds.",
-        lambda s: s.job_stats.timeouts,
+        "model_drift_job_timeouts", "Drift job runs abandoned after drift.timeout_seconds.", lambda s: s.job.timeouts,
     ),
     ServiceCounter(
-        "model_drift_report_failures", "Runs whose HTML report could not be built.",
-        lambda s: s.job_stats.report_failures,
+        "model_drift_report_failures", "Runs whose HTML report could not be built.", lambda s: s.job.report_failures,
+    ),
+    ServiceCounter(
+        "model_drift_runs_unreadable",
+        "Stored drift runs this process could not read (it serves the last one it could; see its log).",
+        lambda s: s.job.unreadable_runs,
     ),
 )
 QUEUE_GAUGE, QUEUE_HELP = "model_prediction_log_queue_rows", "Prediction rows waiting to be written."
@@ -101,33 +116,34 @@ class ModelCallMetrics:
         self.seconds.observe(seconds)
 
 
-class ExporterCollector(Collector):
-    """Everything the service knows, read at scrape time from the Service object."""
+class ScrapeCollector(Collector):
+    """One scrape of this process: its counters and the families of the one published run it was given."""
 
-    def __init__(self, service: Service, drift: bool = True, summed: frozenset[str] = frozenset()) -> None:
-        self.service = service
-        self.drift = drift
+    def __init__(self, sources: MetricSources, run: Published, summed: frozenset[str] = frozenset()) -> None:
+        self.sources = sources
+        self.run = run
         self.summed = summed  # families another collector sums over the workers (shared_metrics)
 
     def collect(self) -> Iterator[Metric]:
         yield from (m for m in self._serving() if m.name not in self.summed)
-        yield from (m for m in self._job() if m.name not in self.summed)
-        if self.drift:
-            yield from self._drift()
+        yield from self._job()
         yield from self._quality()
 
     def _serving(self) -> Iterator[Metric]:
-        s = self.service
-        info = GaugeMetricFamily("model_info", "The served model; always 1.", labels=["name", "version", "reference_hash"])
-        info.add_metric([s.settings.model.name, s.settings.model.version, s.reference.hash], 1)
+        src = self.sources
+        info = GaugeMetricFamily(
+            "model_info", "The served model; always 1.", labels=["name", "version", "reference_hash"]
+        )
+        info.add_metric([src.settings.model.name, src.settings.model.version, src.reference_hash], 1)
         yield info
+        counted = src.counted(self.run.stats)
         for counter in COUNTERS:
-            yield CounterMetricFamily(counter.name, counter.help, value=counter.value(s))
-        yield _gauge(QUEUE_GAUGE, QUEUE_HELP, s.prediction_log.queued)
+            yield CounterMetricFamily(counter.name, counter.help, value=counter.value(counted))
+        yield _gauge(QUEUE_GAUGE, QUEUE_HELP, src.log.queued)
 
     def _job(self) -> Iterator[Metric]:
-        job = self.service.job_stats
-        cfg = self.service.settings.drift
+        job = self.run.stats
+        cfg = self.sources.settings.drift
         yield _gauge(
             "model_drift_job_last_success_timestamp_seconds",
             "Unix time of the last successful drift job run (0: none yet).",
@@ -141,96 +157,26 @@ class ExporterCollector(Collector):
             "model_drift_report_duration_seconds", "Time the last run spent building the HTML report.",
             job.last_report_duration,
         )
-        yield _gauge("model_drift_job_interval_seconds", "Configured interval between drift job runs.", cfg.interval_seconds)
+        yield _gauge(
+            "model_drift_job_interval_seconds", "Configured interval between drift job runs.", cfg.interval_seconds
+        )
         yield _gauge(
             "model_dataset_drift_share_threshold",
             "Configured share of drifted features at which the dataset counts as drifted.",
             cfg.drift_share,
         )
 
-    def _drift(self, result: DriftResult | None = None) -> Iterator[Metric]:
-        if result is None:
-            result = self.service.drift_result
-        if result is None:
-            return
-        yield _gauge("model_drift_window_rows", "Rows in the window of the last drift run.", result.window_rows)
-        if result.skipped_reason is not None:
-            return
-        score = _gauge(
-            "model_feature_drift_score",
-            "Evidently drift score of the feature in the last run (p-value or distance, see stat_test).",
-            labels=["feature", "feature_type", "stat_test"],
-        )
-        threshold = _gauge(
-            "model_feature_drift_threshold", "Threshold the drift score is judged against.", labels=["feature", "stat_test"]
-        )
-        detected = _gauge("model_feature_drift_detected", "1 when the feature drifted in the last run.", labels=["feature"])
-        missing = _gauge("model_feature_missing_share", "Share of missing values in the window.", labels=["feature"])
-        unseen = _gauge(
-            "model_feature_unseen_share",
-            "Share of window rows with a category absent from the reference or a number outside its range.",
-            labels=["feature"],
-        )
-        errors = _gauge(
-            "model_feature_drift_error", "1 when the feature's drift could not be computed in the last run (see /drift).",
-            labels=["feature"],
-        )
-        for f in result.features.values():
-            missing.add_metric([f.feature], f.missing_share)
-            unseen.add_metric([f.feature], f.unseen_share)
-            errors.add_metric([f.feature], 1.0 if f.error else 0.0)
-            if f.detected is None or f.score is None or f.stat_test is None or f.threshold is None:
-                continue
-            score.add_metric([f.feature, f.feature_type, f.stat_test], f.score)
-            threshold.add_metric([f.feature, f.stat_test], f.threshold)
-            detected.add_metric([f.feature], 1.0 if f.detected else 0.0)
-        yield from (score, threshold, detected, missing, unseen, errors)
-        if result.drift_share is not None:
-            yield _gauge("model_dataset_drift_share", "Share of features drifted in the last run.", result.drift_share)
-            yield _gauge("model_dataset_drifted_features", "Features drifted in the last run.", result.drifted_features)
-            yield _gauge(
-                "model_dataset_drift_detected", "1 when the drifted share reaches drift_share.",
-                1.0 if result.dataset_drift else 0.0,
-            )
-        p = result.prediction
-        if p is not None:
-            ps = _gauge("model_prediction_drift_score", "Drift score of the model's predictions vs the reference.", labels=["stat_test"])
-            ps.add_metric([p.stat_test], p.score)
-            pt = _gauge("model_prediction_drift_threshold", "Threshold of the prediction drift test.", labels=["stat_test"])
-            pt.add_metric([p.stat_test], p.threshold)
-            yield ps
-            yield pt
-            yield _gauge("model_prediction_drift_detected", "1 when the predictions drifted.", 1.0 if p.detected else 0.0)
-        mv = result.multivariate
-        if mv is not None:  # None: fewer than 2 features, or the computation failed (logged): no series at all
-            ms = _gauge(
-                "model_multivariate_drift_score",
-                "Multivariate drift: mean PCA reconstruction error of the window's rows (joint distribution).",
-                labels=["method"],
-            )
-            ms.add_metric([mv.method], mv.score)
-            mt = _gauge(
-                "model_multivariate_drift_threshold",
-                "Calibrated threshold of the multivariate drift score (false flags at the configured rate).",
-                labels=["method"],
-            )
-            mt.add_metric([mv.method], mv.threshold)
-            yield ms
-            yield mt
-            yield _gauge(
-                "model_multivariate_drift_detected", "1 when the multivariate drift score reached its threshold.",
-                1.0 if mv.detected else 0.0,
-            )
-
     def _quality(self) -> Iterator[Metric]:
-        s = self.service
-        if s.quality_reference:
-            ref = _gauge("model_quality_reference", "Model quality on the reference data (baseline).", labels=["metric"])
-            for name, value in s.quality_reference.items():
+        baseline = self.sources.quality_reference
+        if baseline:
+            ref = _gauge(
+                "model_quality_reference", "Model quality on the reference data (baseline).", labels=["metric"]
+            )
+            for name, value in baseline.items():
                 ref.add_metric([name], value)
             yield ref
         yield from self._estimate()
-        q = s.quality_result
+        q = self.run.quality
         if q is None:
             return
         yield _gauge("model_quality_window_rows", "Labelled rows the model quality was computed on.", q.rows)
@@ -240,9 +186,8 @@ class ExporterCollector(Collector):
                 g.add_metric([name], value)
             yield g
 
-
     def _estimate(self) -> Iterator[Metric]:
-        e = self.service.estimate_result
+        e = self.run.estimate
         if e is None or not e.metrics:
             return
         families = {
@@ -265,49 +210,140 @@ class ExporterCollector(Collector):
             yield err
 
 
-def build_registry(service: Service, drift: bool = True, shared: Collector | None = None) -> CollectorRegistry:
-    """The app's registry. With ``drift=False`` the per-feature drift families are left to DriftExposition; with
-    ``shared`` (several workers: shared_metrics.summed_collector) the counters and prometheus_client's own metrics
-    are summed over the workers."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(ExporterCollector(service, drift=drift, summed=SHARED_NAMES if shared else frozenset()))
-    if shared is not None:
-        registry.register(shared)
-    registry.register(ProcessCollector(registry=None))
-    return registry
+
+@dataclass(frozen=True)
+class MetricSources:
+    """What /metrics reads: the request side, the prediction log, the drift job, and what start-up fixed."""
+
+    settings: Settings
+    reference_hash: str
+    quality_reference: dict[str, float]
+    service: PredictionService
+    log: PredictionLog
+    job: DriftJob
+
+    def counted(self, stats: JobStats | None = None) -> Sources:
+        return Sources(self.service, self.log, self.job.published.stats if stats is None else stats)
 
 
-class _OneResult(Collector):
-    def __init__(self, collector: ExporterCollector, result: DriftResult) -> None:
-        self.collector = collector
-        self.result = result
+class Exposition:
+    """/metrics: one scrape's text, every run-derived family from the one run published when it began.
 
-    def collect(self) -> Iterator[Metric]:
-        yield from self.collector._drift(self.result)
+    With ``shared`` (several workers: shared_metrics.summed_collector) the counters and prometheus_client's own
+    metrics come summed over the workers. The drift families are rendered once per drift result and reused by
+    every scrape: with hundreds of features their text formatting is most of a scrape's cost, yet it only
+    changes when a run is published."""
 
+    content_type = CONTENT_TYPE_LATEST
 
-class DriftExposition:
-    """The drift families as exposition text, rendered once per drift result and reused by every scrape.
-
-    With hundreds of features the text formatting of the drift samples is most of a scrape's cost, yet it only
-    changes when a run publishes a new result. The cache holds the result object it was rendered from, so a
-    scrape serves exactly one run's text."""
-
-    def __init__(self, service: Service) -> None:
-        self.collector = ExporterCollector(service)
-        self.service = service
+    def __init__(self, sources: MetricSources, registry: CollectorRegistry, shared: Collector | None = None) -> None:
+        self.sources = sources
+        self.registry = registry  # the process-wide collectors: HTTP and model-call histograms, process metrics
+        self.summed = SHARED_NAMES if shared is not None else frozenset()
+        if shared is not None:
+            registry.register(shared)
+        registry.register(ProcessCollector(registry=None))
         self._for: DriftResult | None = None
         self._text = b""
         self._lock = threading.Lock()
 
     def render(self) -> bytes:
-        result = self.service.drift_result
+        run = self.sources.job.published  # once per scrape
+        scrape = CollectorRegistry(auto_describe=False)
+        scrape.register(ScrapeCollector(self.sources, run, self.summed))
+        return generate_latest(self.registry) + generate_latest(scrape) + self.drift_text(run.drift)
+
+    def drift_text(self, result: DriftResult | None) -> bytes:
         if result is None:
             return b""
         with self._lock:
             if self._for is not result:
-                registry = CollectorRegistry(auto_describe=False)
-                registry.register(_OneResult(self.collector, result))
-                self._text = generate_latest(registry)
+                self._text = generate_latest(Families(drift_families(result)))
                 self._for = result
             return self._text
+
+
+class Families:
+    """Already-built families, as generate_latest reads a registry."""
+
+    def __init__(self, families: Iterator[Metric]) -> None:
+        self.families = list(families)
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
+
+
+def drift_families(result: DriftResult) -> Iterator[Metric]:
+    yield _gauge("model_drift_window_rows", "Rows in the window of the last drift run.", result.window_rows)
+    if result.skipped_reason is not None:
+        return
+    score = _gauge(
+        "model_feature_drift_score",
+        "Evidently drift score of the feature in the last run (p-value or distance, see stat_test).",
+        labels=["feature", "feature_type", "stat_test"],
+    )
+    threshold = _gauge(
+        "model_feature_drift_threshold", "Threshold the drift score is judged against.", labels=["feature", "stat_test"]
+    )
+    detected = _gauge("model_feature_drift_detected", "1 when the feature drifted in the last run.", labels=["feature"])
+    missing = _gauge("model_feature_missing_share", "Share of missing values in the window.", labels=["feature"])
+    unseen = _gauge(
+        "model_feature_unseen_share",
+        "Share of window rows with a category absent from the reference or a number outside its range.",
+        labels=["feature"],
+    )
+    errors = _gauge(
+        "model_feature_drift_error", "1 when the feature's drift could not be computed in the last run (see /drift).",
+        labels=["feature"],
+    )
+    for f in result.features.values():
+        missing.add_metric([f.feature], f.missing_share)
+        unseen.add_metric([f.feature], f.unseen_share)
+        errors.add_metric([f.feature], 1.0 if f.error else 0.0)
+        if f.detected is None or f.score is None or f.stat_test is None or f.threshold is None:
+            continue
+        score.add_metric([f.feature, f.feature_type, f.stat_test], f.score)
+        threshold.add_metric([f.feature, f.stat_test], f.threshold)
+        detected.add_metric([f.feature], 1.0 if f.detected else 0.0)
+    yield from (score, threshold, detected, missing, unseen, errors)
+    if result.drift_share is not None:
+        yield _gauge("model_dataset_drift_share", "Share of features drifted in the last run.", result.drift_share)
+        yield _gauge("model_dataset_drifted_features", "Features drifted in the last run.", result.drifted_features)
+        yield _gauge(
+            "model_dataset_drift_detected", "1 when the drifted share reaches drift_share.",
+            1.0 if result.dataset_drift else 0.0,
+        )
+    p = result.prediction
+    if p is not None:
+        ps = _gauge(
+            "model_prediction_drift_score",
+            "Drift score of the model's predictions vs the reference.",
+            labels=["stat_test"],
+        )
+        ps.add_metric([p.stat_test], p.score)
+        pt = _gauge("model_prediction_drift_threshold", "Threshold of the prediction drift test.", labels=["stat_test"])
+        pt.add_metric([p.stat_test], p.threshold)
+        yield ps
+        yield pt
+        yield _gauge("model_prediction_drift_detected", "1 when the predictions drifted.", 1.0 if p.detected else 0.0)
+    mv = result.multivariate
+    if mv is not None:  # None: fewer than 2 features, or the computation failed (logged): no series at all
+        ms = _gauge(
+            "model_multivariate_drift_score",
+            "Multivariate drift: mean PCA reconstruction error of the window's rows (joint distribution).",
+            labels=["method"],
+        )
+        ms.add_metric([mv.method], mv.score)
+        mt = _gauge(
+            "model_multivariate_drift_threshold",
+            "Calibrated threshold of the multivariate drift score (false flags at the configured rate).",
+            labels=["method"],
+        )
+        mt.add_metric([mv.method], mv.threshold)
+        yield ms
+        yield mt
+        yield _gauge(
+            "model_multivariate_drift_detected", "1 when the multivariate drift score reached its threshold.",
+            1.0 if mv.detected else 0.0,
+        )
+

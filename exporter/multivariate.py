@@ -16,11 +16,7 @@ makes the per-row errors heavy-tailed too, and the tail of a window mean at alph
 largest rows, which no moment-matched distribution (nor a reference of a few thousand rows) describes: measured
 with a log-normal feature, an uncapped Gamma threshold was exceeded 500 times more often than alpha. A few extreme
 rows are the per-feature tests' and the unseen share's business; this score is about the bulk of the window.
-
-Measured (synthetic populations of 5 and 25 features, one log-normal, one categorical; 16 references each of 1000
-and 5000 rows; the exact tail of the window mean from an FFT convolution of 200k fresh rows' capped errors): at
-alpha = 2.3e-7 the false-flag probability averaged over references was 2e-8 to 1.7e-7 for windows of 100 and 300
-rows, and below 1e-9 for 3000 rows (where the reference's own uncertainty dominates the threshold).
+The false-flag rate this gives is measured in benchmarks/detection.py.
 
 Cost: a window is scored on at most MAX_WINDOW_ROWS rows, each encoded into at most MAX_WIDTH columns.
 Pure: frames in, a frozen result out.

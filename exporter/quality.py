@@ -10,12 +10,17 @@ import numpy as np
 from sklearn import metrics as skm
 
 from exporter.features import category_text
+from exporter.serde import known_fields
 
 
 @dataclass(frozen=True)
 class QualityResult:
     rows: int
     metrics: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> QualityResult:
+        return known_fields(cls, doc)
 
 
 def classification_quality(

@@ -5,12 +5,13 @@ from __future__ import annotations
 import gzip
 import html
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pandas as pd
 
 from exporter.drift import CATEGORY_TESTS, DriftResult, Reference, normalise, seen
+from exporter.serde import known_fields
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,16 @@ class CachedReport:
     built_at: float
     window_rows: int
     columns: dict[str, ColumnVerdict] = field(default_factory=dict)
+
+    def header(self) -> dict[str, Any]:
+        """What a stored run keeps of the report beside its gzipped page."""
+        return {"built_at": self.built_at, "window_rows": self.window_rows,
+                "columns": {k: asdict(v) for k, v in self.columns.items()}}
+
+    @classmethod
+    def from_stored(cls, gzipped: bytes, header: dict[str, Any]) -> CachedReport:
+        columns = {k: known_fields(ColumnVerdict, v) for k, v in header.get("columns", {}).items()}
+        return cls(gzipped, header["built_at"], header["window_rows"], columns)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import time
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
 
-from exporter.predictions import predictions_table
+from exporter.db import predictions_table
 
 BATCH_ROWS = 5000
 TICK_BUDGET_SECONDS = 5.0

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
-
-from exporter.service import Service
 
 log = logging.getLogger(__name__)
 
 
 class DriftScheduler:
-    def __init__(self, service: Service, interval_seconds: float) -> None:
-        self.service = service
+    def __init__(self, tick: Callable[[], None], interval_seconds: float) -> None:
+        self.tick = tick
         self.interval = interval_seconds
         self._scheduler = BackgroundScheduler(
             timezone=UTC,
@@ -24,7 +23,7 @@ class DriftScheduler:
     def start(self) -> None:
         # The first run happens right away, so /metrics and /drift have a result soon after start-up.
         self._scheduler.add_job(
-            self.service.run_drift_job,
+            self.tick,
             "interval",
             seconds=self.interval,
             id="drift",

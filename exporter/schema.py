@@ -26,6 +26,9 @@ from exporter.config import FeaturesSection
 from exporter.features import BOOLEAN, INTEGER, NUMBER, STRING
 
 Number = Annotated[StrictFloat, Field(allow_inf_nan=False)]  # accepts ints, rejects "1.5" and true
+MAX_TEXT = 256  # characters of a category or a string label: longer is a client's mistake, not a class
+
+
 def _encodable(value: str) -> str:
     try:
         value.encode("utf-8")
@@ -34,10 +37,10 @@ def _encodable(value: str) -> str:
     return value
 
 
-Category = Annotated[StrictStr, Field(max_length=256), AfterValidator(_encodable)]
+Category = Annotated[StrictStr, Field(max_length=MAX_TEXT), AfterValidator(_encodable)]
 Code = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]  # an integer category code (int64)
 VALUE_TYPES: dict[str, Any] = {NUMBER: Number, STRING: Category, INTEGER: Code, BOOLEAN: StrictBool}
-Label = StrictInt | Annotated[StrictFloat, Field(allow_inf_nan=False)] | Annotated[StrictStr, AfterValidator(_encodable)] | bool
+Label = StrictInt | Number | Category | bool
 
 
 class _Record(BaseModel):
@@ -73,3 +76,25 @@ class PredictionResponse(BaseModel):
 
 class BatchPredictionResponse(BaseModel):
     predictions: list[PredictionResponse]
+
+
+class FeedbackAccepted(BaseModel):
+    accepted: int
+
+
+def feedback_models(task: str, max_records: int) -> tuple[type[BaseModel], type[BaseModel]]:
+    """One label (/feedback) and a batch of them (/feedback/batch); a regression label is a finite number, a
+    classification label a class as /predict answers it (strict, as features are)."""
+    label_type: Any = Number if task == "regression" else Label
+    feedback = create_model(
+        "Feedback",
+        __config__=ConfigDict(extra="forbid"),
+        request_id=(str, Field(min_length=1, max_length=64)),
+        label=(label_type, ...),
+    )
+    batch = create_model(
+        "FeedbackBatch",
+        __config__=ConfigDict(extra="forbid"),
+        labels=(list[feedback], Field(min_length=1, max_length=max_records)),  # type: ignore[valid-type]
+    )
+    return feedback, batch

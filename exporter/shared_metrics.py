@@ -1,6 +1,7 @@
 """Counters summed over the workers of ``exporter serve --workers N`` (prometheus_client's multiprocess mode).
 
-Each worker keeps its counters as plain numbers (the service, the prediction log and the job count what they do).
+Each worker keeps its counters as plain numbers (the service, the prediction log and the job count what they
+do).
 With several workers, a scrape reaches one of them; so each worker also adds its counts to prometheus_client
 multiprocess counters, whose files in ``PROMETHEUS_MULTIPROC_DIR`` every worker reads at a scrape: the answering
 worker syncs its own counts first, the others every SYNC_SECONDS, so a scrape is exact once traffic has paused that
@@ -14,16 +15,12 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, multiprocess
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from exporter.metrics import COUNTERS, QUEUE_GAUGE, QUEUE_HELP
-
-if TYPE_CHECKING:
-    from exporter.service import Service
+from exporter.metrics import COUNTERS, QUEUE_GAUGE, QUEUE_HELP, MetricSources
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 SYNC_SECONDS = 0.5
@@ -36,23 +33,24 @@ def multiprocess_mode() -> bool:
 class WorkerCounters:
     """This worker's counts, added to the multiprocess files."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, sources: MetricSources) -> None:
         self.counters = {c.name: Counter(c.name, c.help, registry=None) for c in COUNTERS}
         self.synced = dict.fromkeys(self.counters, 0.0)
         self.queue = Gauge(QUEUE_GAUGE, QUEUE_HELP, registry=None, multiprocess_mode="livesum")
-        self.service = service
+        self.sources = sources
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="shared-metrics", daemon=True)
 
     def sync(self) -> None:
         with self._lock:
+            counted = self.sources.counted()
             for c in COUNTERS:
-                now = float(c.value(self.service))
+                now = float(c.value(counted))
                 if now > self.synced[c.name]:
                     self.counters[c.name].inc(now - self.synced[c.name])
                     self.synced[c.name] = now
-            self.queue.set(self.service.prediction_log.queued)
+            self.queue.set(self.sources.log.queued)
 
     def start(self) -> None:
         self._thread.start()

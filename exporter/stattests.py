@@ -1,11 +1,12 @@
 """Evidently's drift stat tests with the reference side computed once.
 
-``DataDriftPreset`` picks a test per column and runs it on the reference and the window; most of its cost is
-spent on the reference again at every run (sorting it, counting its categories, counting distinct values across
-both samples to pick the test). Here those reference-side quantities are computed once per reference, and the
-tests Evidently picks by default for large references (normed Wasserstein distance, Jensen-Shannon distance) are
-and the chi-square and two-proportion z tests it picks for categories of a small reference, are computed from them with the same arithmetic, so
-the scores match Evidently's to floating-point rounding (tests check it to 1e-12). Any other test, and any configured method, runs through Evidently itself.
+``DataDriftPreset`` picks a test per column and runs it on the reference and the window, and most of its cost is
+the reference again at every run: sorting it, counting its categories, counting distinct values across both
+samples to pick the test. Here those reference-side quantities are computed once per reference. The tests
+Evidently picks by default are computed from them with its arithmetic: the normed Wasserstein and Jensen-Shannon
+distances for large references, and the chi-square and two-proportion z tests for the categories of a small one.
+Their scores match Evidently's to floating-point rounding (the tests hold them to 1e-12). Any other test, and any
+configured method, runs through Evidently itself.
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ def check_method(method: str, kind: str) -> None:
         registry = evidently_stattests().registry
         registry.get_registered_stattest(method, column_type(kind))
     except ValueError:
-        valid = sorted(name for name, by_type in registry._registered_stat_tests.items() if column_type(kind) in by_type)
+        valid = sorted(
+            name for name, by_type in registry._registered_stat_tests.items() if column_type(kind) in by_type
+        )
         raise ValueError(
             f"{method!r} is not one of Evidently's stat tests for {kind} data: {', '.join(valid)}"
         ) from None

@@ -28,7 +28,7 @@ def client(demo_dir: Path, tmp_path: Path) -> Iterator[TestClient]:
 
 
 def flush(client: TestClient) -> None:
-    log = client.app.state.service.prediction_log  # type: ignore[attr-defined]
+    log = client.app.state.prediction_log  # type: ignore[attr-defined]
     deadline = time.monotonic() + 10
     while log.queued and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -36,7 +36,7 @@ def flush(client: TestClient) -> None:
 
 
 def table_rows(client: TestClient) -> int:
-    return int(client.app.state.service.store.count())  # type: ignore[attr-defined]
+    return int(client.app.state.prediction_log.store.count())  # type: ignore[attr-defined]
 
 
 def test_predict_classification_with_probabilities(client: TestClient) -> None:
@@ -118,8 +118,8 @@ def test_metrics_info_http_and_no_drift_before_first_run(client: TestClient) -> 
     client.post("/predict", json=GOOD)
     text = client.get("/metrics").text
     metrics = parse_metrics(text)
-    service = client.app.state.service  # type: ignore[attr-defined]
-    assert sample(metrics, "model_info", name="penguins", version="1", reference_hash=service.reference.hash) == 1
+    reference_hash = client.app.state.job.spec.reference.hash  # type: ignore[attr-defined]
+    assert sample(metrics, "model_info", name="penguins", version="1", reference_hash=reference_hash) == 1
     assert sample(metrics, "http_requests_total", handler="/predict", method="POST", status="2xx") == 1
     assert "model_feature_drift_score" not in text  # no run yet: nothing stale or invented
     assert sample(metrics, "model_drift_job_last_success_timestamp_seconds") == 0
@@ -130,8 +130,7 @@ def test_drift_run_publishes_and_monitoring_serves_gzip_report(client: TestClien
     assert page.status_code == 200 and "No drift report yet" in page.text
     client.post("/predict/batch", json={"records": [GOOD] * 20})
     flush(client)
-    service = client.app.state.service  # type: ignore[attr-defined]
-    service.run_drift_job()
+    client.app.state.job.tick()  # type: ignore[attr-defined]
     metrics = parse_metrics(client.get("/metrics").text)
     assert sample(metrics, "model_drift_window_rows") == 20
     assert sample(metrics, "model_drift_job_runs_total") == 1
@@ -168,26 +167,39 @@ def test_openapi_names_every_feature(client: TestClient) -> None:
 def test_cached_drift_text_equals_a_fresh_collection_and_follows_new_runs(client: TestClient) -> None:
     from prometheus_client import generate_latest
 
-    from exporter.metrics import build_registry
+    from exporter.metrics import Families, drift_families
 
-    service = client.app.state.service  # type: ignore[attr-defined]
+    job = client.app.state.job  # type: ignore[attr-defined]
     client.post("/predict/batch", json={"records": [GOOD] * 20})
     flush(client)
-    service.run_drift_job()
+    job.tick()
+
+    def fresh() -> str:
+        return generate_latest(Families(drift_families(job.published.drift))).decode()
 
     def drift_samples(text: str) -> dict[object, float]:
         return {k: v for k, v in parse_metrics(text).items()
                 if k[0].startswith(("model_feature_", "model_dataset_", "model_prediction_drift", "model_drift_window",
-                                     "model_multivariate_"))}
+                                     "model_multivariate_")) and k[0] != "model_dataset_drift_share_threshold"}
 
     served = drift_samples(client.get("/metrics").text)
-    fresh = drift_samples(generate_latest(build_registry(service)).decode())
-    assert served == fresh and len(served) > 30
-    first = service.drift_result
+    assert served == drift_samples(fresh()) and len(served) > 30
+    first = job.published.drift
     client.post("/predict/batch", json={"records": [{**GOOD, "island": "Dream"}] * 20})
     flush(client)
-    service.run_drift_job()
-    assert service.drift_result is not first
+    job.tick()
+    assert job.published.drift is not first
     again = drift_samples(client.get("/metrics").text)
     assert sample(again, "model_drift_window_rows") == 40
-    assert again == drift_samples(generate_latest(build_registry(service)).decode())
+    assert again == drift_samples(fresh())
+
+
+def test_a_long_label_is_refused_without_echoing_it_whole(client: TestClient) -> None:
+    rid = client.post("/predict", json=GOOD).json()["request_id"]
+    resp = client.post("/feedback", json={"request_id": rid, "label": "Adelie" * 20_000})
+    assert resp.status_code == 422
+    assert any(e["type"] == "string_too_long" for e in resp.json()["detail"]), resp.text
+    assert len(resp.content) < 2_000  # the 120 000-character label is named by its start and length only
+    not_a_class = client.post("/feedback", json={"request_id": rid, "label": "Emperor" * 30})
+    assert not_a_class.status_code == 422 and len(not_a_class.content) < 1_000
+    assert client.post("/feedback", json={"request_id": rid, "label": "Adelie"}).status_code == 202

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import random
@@ -21,8 +22,12 @@ from fastapi.testclient import TestClient
 from exporter.app import create_app
 from exporter.batching import Batcher, predict_gathered
 from exporter.config import load_settings
+from exporter.db import Database
 from exporter.demo import Traffic
-from exporter.service import PredictionError, Service
+from exporter.prediction_log import PredictionLog
+from exporter.service import CallObserver, PredictionError, PredictionService
+from exporter.startup import build
+from exporter.store import PredictionStore
 from tests.helpers import config_folder, live_server, parse_metrics, sample
 
 POISON = 4242.0  # a body mass the wrapped model refuses (as a pipeline refuses what it cannot transform)
@@ -70,13 +75,23 @@ def config(demo_dir: Path, tmp_path: Path) -> Path:
     return config_folder(demo_dir, tmp_path, drift={"interval_seconds": 3600})
 
 
-@pytest.fixture
-def service(config: Path) -> Iterator[Service]:
-    svc = Service(load_settings(config))
+@contextlib.contextmanager
+def request_side(config: Path, model_calls: CallObserver | None = None,
+                 log: Any = None) -> Iterator[PredictionService]:
+    """The request side alone, as the app builds it (the writer is not started: rows stay queued)."""
+    settings = load_settings(config)
+    db = Database(settings.resolved_database_url)
     try:
-        yield svc
+        yield PredictionService(build(settings).model, settings.model.version,
+                                log or PredictionLog(PredictionStore(db)), model_calls)
     finally:
-        svc.store.dispose()
+        db.dispose()
+
+
+@pytest.fixture
+def service(config: Path) -> Iterator[PredictionService]:
+    with request_side(config) as svc:
+        yield svc
 
 
 def chunks(items: list[Any], rng: random.Random, largest: int = 64) -> Iterator[list[Any]]:
@@ -87,7 +102,7 @@ def chunks(items: list[Any], rng: random.Random, largest: int = 64) -> Iterator[
         i += n
 
 
-def test_gathered_rows_reach_the_model_as_alone_and_get_the_same_predictions(service: Service) -> None:
+def test_gathered_rows_reach_the_model_as_alone_and_get_the_same_predictions(service: PredictionService) -> None:
     """The frame of a gathered batch transforms to exactly the rows each record gives alone (dtypes of columns
     all-null in one request and mixed in another included), so predictions are identical. Probabilities agree to
     floating-point rounding: BLAS sums a several-row matrix product in another order than a one-row product (the
@@ -113,7 +128,7 @@ def test_gathered_rows_reach_the_model_as_alone_and_get_the_same_predictions(ser
     assert worst < 1e-12
 
 
-def test_predict_gathered_splits_answers_per_request(service: Service) -> None:
+def test_predict_gathered_splits_answers_per_request(service: PredictionService) -> None:
     rows = records(200, seed=3)
     requests = list(chunks(rows, random.Random(2), largest=5))
     outcomes = predict_gathered(service, requests)
@@ -124,7 +139,7 @@ def test_predict_gathered_splits_answers_per_request(service: Service) -> None:
     assert service.prediction_log.queued == len(rows)  # one logged row per answer (the writer is not started)
 
 
-def test_a_model_refusal_fails_only_the_culprit(service: Service) -> None:
+def test_a_model_refusal_fails_only_the_culprit(service: PredictionService) -> None:
     service.model.estimator = Refusing(service.model.estimator)
     rows = records(40, seed=4)
     rows[7]["body_mass_g"] = POISON
@@ -140,7 +155,7 @@ def test_a_model_refusal_fails_only_the_culprit(service: Service) -> None:
     ]
 
 
-def test_an_unexpected_model_error_reaches_only_its_request(service: Service) -> None:
+def test_an_unexpected_model_error_reaches_only_its_request(service: PredictionService) -> None:
     """Not a refusal (a bug in a custom estimator): the request that raises it alone gets it (a 500, as without
     batching); its batch-mates are answered."""
     service.model.estimator = Refusing(service.model.estimator, RuntimeError)
@@ -152,7 +167,7 @@ def test_an_unexpected_model_error_reaches_only_its_request(service: Service) ->
     assert service.predictions_total == len(rows) - 1
 
 
-def test_a_non_finite_output_fails_only_its_request(service: Service) -> None:
+def test_a_non_finite_output_fails_only_its_request(service: PredictionService) -> None:
     real = service.model.predict
 
     def predict(recs: list[dict[str, Any]]) -> Any:
@@ -170,11 +185,33 @@ def test_a_non_finite_output_fails_only_its_request(service: Service) -> None:
     assert service.prediction_errors == 1 and service.predictions_total == len(rows) - 1
 
 
-def test_batcher_gathers_queued_requests_under_the_row_cap(service: Service) -> None:
-    calls: list[int] = []
-    service.model_calls = type("Calls", (), {"observe": lambda self, rows, seconds: calls.append(rows)})()
+class Calls:
+    """Records the rows of each model call, where the app's histograms would observe them."""
 
-    async def main() -> list[Any]:
+    def __init__(self) -> None:
+        self.rows: list[int] = []
+
+    def observe(self, rows: int, seconds: float) -> None:
+        self.rows.append(rows)
+
+
+class Enqueued:
+    """A prediction log that records the context each request's rows are queued in."""
+
+    def __init__(self, tag: contextvars.ContextVar[str]) -> None:
+        self.tag = tag
+        self.seen: list[tuple[str, int]] = []
+
+    def enqueue(self, rows: list[Any]) -> int:
+        self.seen.append((self.tag.get(), len(rows)))
+        return 0
+
+
+def test_batcher_gathers_queued_requests_under_the_row_cap(config: Path) -> None:
+    observed = Calls()
+    calls = observed.rows
+
+    async def main(service: PredictionService) -> list[Any]:
         batcher = Batcher(service, max_batch_size=8, max_wait_ms=0)
         batcher.start()
         try:
@@ -188,14 +225,15 @@ def test_batcher_gathers_queued_requests_under_the_row_cap(service: Service) -> 
         finally:
             await batcher.stop()
 
-    answers, sizes = asyncio.run(main())
+    with request_side(config, model_calls=observed) as service:
+        answers, sizes = asyncio.run(main(service))
     assert [len(a) for a in answers] == sizes
     # in queue order: 1+1+3+1 (5 more would pass 8), 5+1+1 (2 more would pass 8), 2 (10 would), 10 alone, 1
     assert calls == [6, 7, 2, 10, 1]
     assert sum(calls) == sum(sizes)
 
 
-def test_a_lone_request_does_not_wait(service: Service) -> None:
+def test_a_lone_request_does_not_wait(service: PredictionService) -> None:
     async def main() -> float:
         batcher = Batcher(service, max_batch_size=64, max_wait_ms=50)
         batcher.start()
@@ -217,7 +255,7 @@ def test_routes_in_process(config: Path, max_batch_size: int) -> None:
     app = create_app(load_settings(config, batching={"max_batch_size": max_batch_size}), start_scheduler=False)
     rows = records(40, seed=7)
     with TestClient(app) as client:
-        service = app.state.service
+        service, log = app.state.service, app.state.prediction_log
         assert client.post("/predict", json={**rows[0], "body_mass_g": "heavy"}).status_code == 422
         answers = [client.post("/predict", json=r).json() for r in rows[:10]]
         batch = client.post("/predict/batch", json={"records": rows[10:]}).json()["predictions"]
@@ -225,9 +263,9 @@ def test_routes_in_process(config: Path, max_batch_size: int) -> None:
         assert got == service.model.predict(rows).values
         assert len({a["request_id"] for a in answers + batch}) == len(rows)
         deadline = time.monotonic() + 10
-        while service.prediction_log.written < len(rows) and time.monotonic() < deadline:
+        while log.written < len(rows) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert service.store.count() == len(rows)
+        assert log.store.count() == len(rows)
         metrics = parse_metrics(client.get("/metrics").text)
         assert sample(metrics, "model_batch_rows_sum") == len(rows)
         assert sample(metrics, "model_inference_duration_seconds_count") == 11
@@ -315,18 +353,18 @@ def test_histograms_summed_over_workers(config: Path) -> None:
             assert sample(m, "model_inference_duration_seconds_count") == sample(m, "model_batch_rows_count")
 
 
-def test_each_request_is_logged_in_its_own_context(service: Service) -> None:
+def test_each_request_is_logged_in_its_own_context(config: Path) -> None:
     """Tracing or log context that middleware puts in contextvars follows each request's rows, even though a
     gathered call computes them in the model thread."""
     tag: contextvars.ContextVar[str] = contextvars.ContextVar("tag", default="none")
-    seen: list[tuple[str, int]] = []
-    service.prediction_log.enqueue = lambda rows: seen.append((tag.get(), len(rows))) or 0  # type: ignore[method-assign]
+    log = Enqueued(tag)
+    seen = log.seen
 
     async def one(batcher: Batcher, name: str, recs: list[dict[str, Any]]) -> None:
         tag.set(name)
         await batcher.predict(recs)
 
-    async def main() -> None:
+    async def main(service: PredictionService) -> None:
         batcher = Batcher(service, max_batch_size=64, max_wait_ms=0)
         batcher.start()
         try:
@@ -335,7 +373,8 @@ def test_each_request_is_logged_in_its_own_context(service: Service) -> None:
         finally:
             await batcher.stop()
 
-    asyncio.run(main())
+    with request_side(config, log=log) as service:
+        asyncio.run(main(service))
     assert sorted(seen) == sorted((f"r{i}", len(records(20, seed=11)[i:i + 1 + i % 3])) for i in range(8))
 
 

@@ -23,9 +23,9 @@ from sklearn.linear_model import Ridge
 
 from exporter.app import create_app
 from exporter.config import load_settings
-from exporter.job import JobError, WorkerRunner
-from exporter.predictions import PredictionStore
-from exporter.service import Service
+from exporter.db import Database
+from exporter.runners import JobError, WorkerRunner
+from exporter.startup import build
 from tests.helpers import config_folder, free_port, live_server, sample, terminate
 from tests.test_api import GOOD, flush
 
@@ -88,7 +88,8 @@ def serve_refused(config: Path, env: dict[str, str] | None = None, *, prefix: li
         pytest.param({}, {"EXPORTER_BATCHING__MAX_WAIT_MS": "500"},
                      ["batching.max_wait_ms", "less than or equal to 100"], id="batch-wait-too-long"),
         pytest.param({}, {"EXPORTER_AUTH__TOKEN": ""},
-                     ["auth.token is empty: unset it to turn authentication off, or set a token"], id="empty-token-env"),
+                     ["auth.token is empty: unset it to turn authentication off, or set a token"],
+                     id="empty-token-env"),
         pytest.param({"auth": {"token": "  "}}, {},
                      ["auth.token is empty: unset it to turn authentication off, or set a token"],
                      id="blank-token-file"),
@@ -132,15 +133,14 @@ def test_prediction_method_follows_the_task(tmp_path: Path) -> None:
     line = serve_refused(config("chisquare"))
     assert "drift.prediction.method" in line and "numerical" in line and "regression" in line, line
     assert "wasserstein" in line
-    service = Service(load_settings(config("psi")))  # accepted
-    service.stop()
+    build(load_settings(config("psi")))  # accepted
 
 
 def test_valid_methods_are_accepted(demo_dir: Path, tmp_path: Path) -> None:
     config = config_folder(demo_dir, tmp_path, drift={
         "per_feature": {"bill_length_mm": {"method": "psi"}, "island": {"method": "TVD"}},
         "prediction": {"method": "jensenshannon"}, "window_size": 100, "min_rows": 100})
-    Service(load_settings(config)).stop()
+    build(load_settings(config))
 
 
 # -- an SQLite database the service cannot write -----------------------------------------------------------------
@@ -157,14 +157,16 @@ def test_sqlite_in_a_read_only_config_folder_is_refused(demo_dir: Path, tmp_path
         line = serve_refused(config, prefix=UNPRIVILEGED)
         assert f"{config.parent}/.exporter/predictions.db" in line, line
         assert "database_url" in line and "EXPORTER_DATABASE_URL" in line and "Permission denied" in line, line
-        # the remedy the message gives works
+        # the remedy the message gives works: the same check `serve` makes passes
         elsewhere = {"EXPORTER_DATABASE_URL": f"sqlite:///{tmp_path}/writable/predictions.db"}
+        check = ("import sys; from exporter.config import load_settings; from exporter.startup import open_database;"
+                 " open_database(load_settings(sys.argv[1])).dispose()")
         proc = subprocess.run(
-            [*UNPRIVILEGED, sys.executable, "-m", "exporter.cli", "drift", "--config", str(config)],
+            [*UNPRIVILEGED, sys.executable, "-c", check, str(config)],
             capture_output=True, text=True, timeout=120, env={**os.environ, "DO_NOT_TRACK": "1", **elsewhere},
         )
         assert proc.returncode == 0, proc.stderr
-        assert "drift skipped" in proc.stdout
+        assert (tmp_path / "writable" / "predictions.db").is_file()
     finally:
         config.parent.chmod(0o755)
 
@@ -176,7 +178,9 @@ def test_sqlite_database_not_writable_is_refused(demo_dir: Path, tmp_path: Path,
     data = config.parent / "data"
     if read_only == "file":
         # the file and its table exist: only a write finds the file read-only
-        PredictionStore(load_settings(config).resolved_database_url).create_schema()
+        db = Database(load_settings(config).resolved_database_url)
+        db.ensure_schema()
+        db.dispose()
         locked = data / "predictions.db"
     else:
         data.mkdir()
@@ -207,7 +211,7 @@ def test_start_logs_whether_authentication_is_on(demo_dir: Path, tmp_path: Path,
     config = config_folder(demo_dir, tmp_path, auth=auth)
     with caplog.at_level(logging.INFO, logger="exporter"):
         app = create_app(load_settings(config), start_scheduler=False)
-    app.state.service.stop()
+    app.state.db.dispose()
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("authentication ")]
     assert len(lines) == 1 and lines[0].startswith(expected), lines
     assert "t0ken" not in lines[0]
@@ -240,9 +244,10 @@ def test_short_timeout_covers_the_run_not_the_worker_start(demo_dir: Path, tmp_p
 
 def test_worker_that_never_gets_ready_is_a_failed_run_and_killed(demo_dir: Path, tmp_path: Path) -> None:
     config = config_folder(demo_dir, tmp_path, drift={"min_rows": 1})
-    service = Service(load_settings(config))
-    service.store.create_schema()
-    runner = WorkerRunner(service.drift_job.spec())
+    settings = load_settings(config)
+    db = Database(settings.resolved_database_url)
+    db.ensure_schema()
+    runner = WorkerRunner(build(settings).job_spec())
     try:
         runner.startup_timeout = 0.01  # no worker process imports pandas that fast
         with pytest.raises(JobError, match=r"not ready within 0\.01s.*killed"):
@@ -253,25 +258,27 @@ def test_worker_that_never_gets_ready_is_a_failed_run_and_killed(demo_dir: Path,
         assert output.drift.window_rows == 0 and runner.restarts == 1
     finally:
         runner.close()
-        service.stop()
+        db.dispose()
 
 
 def test_thread_isolation_counts_an_overrun_and_discards_its_result(demo_dir: Path, tmp_path: Path) -> None:
     """A thread cannot be stopped: the run ends, is counted as a timeout, and its result is not published."""
     config = config_folder(demo_dir, tmp_path, drift={"min_rows": 1, "isolation": "thread", "timeout_seconds": 0.05})
     app = create_app(load_settings(config), start_scheduler=False)
-    service = app.state.service
+    job = app.state.job
     with TestClient(app) as client:
         assert client.post("/predict/batch", json={"records": [GOOD] * 30}).status_code == 200
         flush(client)
-        service.run_drift_job()  # building the HTML report alone takes longer than 50 ms
-        assert service.job_stats.failures == 1 and service.job_stats.timeouts == 1
-        assert "0.05s timeout" in (service.job_stats.last_error or "")
-        assert service.drift_result is None and service.report is None and service.job_stats.last_success == 0
-        service.settings.drift.timeout_seconds = 120
-        service.run_drift_job()
-        assert service.job_stats.failures == 1 and service.job_stats.runs == 2
-        assert service.drift_result is not None and service.drift_result.window_rows == 30
+        job.tick()  # building the HTML report alone takes longer than 50 ms
+        run = job.published
+        assert run.stats.failures == 1 and run.stats.timeouts == 1
+        assert "0.05s timeout" in (run.stats.last_error or "")
+        assert run.drift is None and run.report is None and run.stats.last_success == 0
+        job.cfg.timeout_seconds = 120
+        job.tick()
+        run = job.published
+        assert run.stats.failures == 1 and run.stats.runs == 2
+        assert run.drift is not None and run.drift.window_rows == 30
         text = client.get("/metrics").text
         assert "model_drift_job_timeouts_total 1.0" in text
         assert "model_drift_job_failures_total 1.0" in text

@@ -3,6 +3,7 @@ every process serves, and real `exporter serve` processes sharing one database."
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
@@ -11,14 +12,17 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pandas as pd
+import pytest
 from sqlalchemy import create_engine, func, select
 
 from exporter.calibration import per_run_alpha
-from exporter.deployment import AdvisoryJobLock, FileJobLock, RunStore, job_lock, runs_table
+from exporter.db import Database, runs_table
 from exporter.drift import Reference, compute_drift
+from exporter.locks import AdvisoryJobLock, FileJobLock, job_lock
 from exporter.quality import QualityResult
 from exporter.report import CachedReport, ColumnVerdict
-from tests.helpers import LiveServer, config_folder, live_server, parse_metrics, sample, wait_until
+from exporter.store import RunStore
+from tests.helpers import LiveServer, config_folder, free_port, live_server, parse_metrics, sample, wait_until
 from tests.test_api import GOOD
 
 
@@ -48,6 +52,17 @@ def test_advisory_lock_passes_on_when_its_session_dies(postgres_url: str) -> Non
             lock.release()
 
 
+def test_a_lock_that_cannot_reach_the_database_says_so_once(caplog: pytest.LogCaptureFixture) -> None:
+    lock = AdvisoryJobLock(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/none", 1)
+    try:
+        with caplog.at_level(logging.WARNING, logger="exporter.locks"):
+            assert not any(lock.acquire() for _ in range(3))
+    finally:
+        lock.release()
+    lines = [r.getMessage() for r in caplog.records if "cannot reach the database" in r.getMessage()]
+    assert len(lines) == 1 and "Connection refused" in lines[0], lines
+
+
 def test_a_stored_run_reads_back_as_it_was(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     frame = pd.DataFrame({"x": rng.normal(size=500), "y": rng.normal(size=500), "c": rng.choice(list("ab"), 500)})
@@ -57,9 +72,10 @@ def test_a_stored_run_reads_back_as_it_was(tmp_path: Path) -> None:
     assert drift.multivariate is not None and drift.prediction is not None
     quality = QualityResult(120, {"accuracy": 0.9})
     report = CachedReport(b"\x1f\x8b gzipped", 123.5, 300, {"x": ColumnVerdict("ks", 1e-7, 0.4)})
-    engine = create_engine(f"sqlite:///{tmp_path / 'runs.db'}")
-    runs = RunStore(engine, "1")
-    runs.create()
+    db = Database(f"sqlite:///{tmp_path / 'runs.db'}")
+    engine = db.engine
+    runs = RunStore(db, "1")
+    db.ensure_schema()
     for _ in range(25):
         run_id = runs.save(drift, quality, report)
     stored = runs.load(run_id)
@@ -68,7 +84,7 @@ def test_a_stored_run_reads_back_as_it_was(tmp_path: Path) -> None:
     assert runs.newest_id() == run_id
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(runs_table)).scalar() == 20  # a bounded history
-    assert RunStore(engine, "2").newest_id() is None  # another model version's runs are its own
+    assert RunStore(db, "2").newest_id() is None  # another model version's runs are its own
 
 
 def _runs(db: Path) -> int:
@@ -102,7 +118,9 @@ def test_two_workers_run_one_job_and_serve_the_same_result(demo_dir: Path, tmp_p
         # Counters are the sum over the workers, the same on every scrape, whichever worker answers.
         with httpx.Client(timeout=10) as client:  # new connections: the kernel spreads them over the workers
             for _ in range(30):
-                assert client.post(f"{server.url}/predict", json=GOOD, headers={"connection": "close"}).status_code == 200
+                assert (
+                    client.post(f"{server.url}/predict", json=GOOD, headers={"connection": "close"}).status_code == 200
+                )
         time.sleep(1.5)  # the other worker's counts reach the shared files within 0.5 s
         for _ in range(10):
             metrics = parse_metrics(httpx.get(f"{server.url}/metrics", timeout=10).text)

@@ -33,7 +33,9 @@ def detected(method: str, score: float, threshold: float) -> bool:
     return score < threshold if "p_value" in method else score >= threshold
 
 
-def assert_same_as_evidently(ref: pd.DataFrame, cur: pd.DataFrame, num: list[str], cat: list[str], **kw: object) -> None:
+def assert_same_as_evidently(
+    ref: pd.DataFrame, cur: pd.DataFrame, num: list[str], cat: list[str], **kw: object
+) -> None:
     overrides = kw.pop("overrides", {})
     expected = evidently_scores(
         ref, cur, num, cat,
@@ -75,7 +77,8 @@ def test_large_reference_uses_distance_tests_with_missing_values() -> None:
         "d": rng.integers(0, 4, n).astype(float),  # few distinct values: Evidently picks a categorical-style test
     })
     cur = pd.DataFrame({
-        "a": rng.normal(0.5, 1, 2000), "b": rng.exponential(2, 2000), "c": rng.choice(["x", "y", "z"], 2000, p=[.6, .2, .2]),
+        "a": rng.normal(0.5, 1, 2000), "b": rng.exponential(2, 2000),
+        "c": rng.choice(["x", "y", "z"], 2000, p=[.6, .2, .2]),
         "d": rng.integers(0, 4, 2000).astype(float),
     })
     cur.loc[rng.random(2000) < 0.1, "b"] = np.nan

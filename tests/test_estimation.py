@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from sqlalchemy import create_engine
 
-from exporter.deployment import RunStore
+from exporter.db import Database
 from exporter.drift import DriftResult
 from exporter.estimation import (
     LABEL,
@@ -28,9 +27,9 @@ from exporter.estimation import (
     expected_auc,
     expected_metrics,
     realized_metrics_many,
-    reference_looks_like_training,
-    setup_from_reference,
 )
+from exporter.reference_check import ReferenceCheck, reference_looks_like_training
+from exporter.store import RunStore
 
 METRICS = ("accuracy", "f1_macro", "roc_auc")
 
@@ -178,7 +177,8 @@ def test_dle_follows_the_error_where_the_traffic_moves() -> None:
         err = w["y"] - w["prediction"]
         mae, rmse = float(err.abs().mean()), math.sqrt(float((err**2).mean()))
         print(f"shift {shift}: mae {e['mae'].value:.3f} [{e['mae'].lower:.3f}, {e['mae'].upper:.3f}] realized "
-              f"{mae:.3f}; rmse {e['rmse'].value:.3f} [{e['rmse'].lower:.3f}, {e['rmse'].upper:.3f}] realized {rmse:.3f}")
+              f"{mae:.3f}; rmse {e['rmse'].value:.3f} [{e['rmse'].lower:.3f}, {e['rmse'].upper:.3f}] "
+              f"realized {rmse:.3f}")
         assert abs(e["mae"].value - mae) / mae < 0.06
         assert abs(e["rmse"].value - rmse) / rmse < 0.08
     assert e["mae"].value > 1.5 * float((ref["y"] - ref["prediction"]).abs().mean())  # the shift doubled the error
@@ -250,9 +250,9 @@ def test_the_regression_window_estimate_and_its_self_check() -> None:
 
 
 def test_the_estimate_is_stored_with_the_run_and_reads_back(tmp_path: Path) -> None:
-    engine = create_engine(f"sqlite:///{tmp_path / 'runs.db'}")
-    runs = RunStore(engine, "1")
-    runs.create()
+    db = Database(f"sqlite:///{tmp_path / 'runs.db'}")
+    runs = RunStore(db, "1")
+    db.ensure_schema()
     estimate = EstimateResult("cbpe", 3000, {"accuracy": MetricEstimate(0.91, 0.9, 0.92)}, 120, {"accuracy": -0.01})
     run_id = runs.save(DriftResult(1.0, 3000, 100, 0.5), None, None, estimate=estimate)
     stored = runs.load(run_id)
@@ -278,7 +278,7 @@ def test_a_reference_of_training_rows_is_recognised() -> None:
     assert on_held_out is None
 
 
-def test_the_reference_check_runs_once_and_logs_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_the_reference_check_logs_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     import joblib
     from sklearn.datasets import make_classification
     from sklearn.ensemble import RandomForestClassifier
@@ -290,11 +290,8 @@ def test_the_reference_check_runs_once_and_logs_a_warning(tmp_path: Path, caplog
         warnings.simplefilter("ignore")
         model = RandomForestClassifier(n_estimators=30, random_state=0).fit(frame[features], y)  # on the reference
         joblib.dump(model, tmp_path / "model.joblib")
-        probas = [dict(zip(["0", "1"], row, strict=True)) for row in model.predict_proba(frame[features]).tolist()]
-        setup = setup_from_reference("classification", [0, 1], frame, "target", pd.Series(model.predict(frame[features])),
-                                     probas, features, [], (str(tmp_path / "model.joblib"), features))
-        assert setup is not None
-        with caplog.at_level("WARNING", logger="exporter.estimation"):
-            assert setup.check_reference() is not None
-            assert setup.check_reference() is None  # once
+        check = ReferenceCheck.of(str(tmp_path / "model.joblib"), "classification", frame, features, "target",
+                                  pd.Series(model.predict(frame[features])))
+        with caplog.at_level("WARNING", logger="exporter.reference_check"):
+            assert check.run() is not None
     assert "looks like the model's training data" in caplog.text

@@ -30,7 +30,8 @@ def test_demo_estimate_agrees_with_realized_quality_within_its_band(demo_dir: Pa
         assert f"sent {ROWS} rows, 0 failed, {ROWS} labelled" in proc.stdout
         # a run that saw every row and every label (labels are written after their predictions)
         metrics = server.wait_for(
-            lambda m: m if sample(m, "model_drift_window_rows") == ROWS and sample(m, "model_quality_window_rows") == ROWS
+            lambda m: m if sample(m, "model_drift_window_rows") == ROWS
+            and sample(m, "model_quality_window_rows") == ROWS
             and sample(m, "model_quality_estimation_error", metric="accuracy") is not None else None, timeout=120,
         )
         drift = httpx.get(f"{server.url}/drift", timeout=10).json()

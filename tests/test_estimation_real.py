@@ -29,4 +29,6 @@ def test_estimates_follow_realized_quality_per_chunk_and_match_the_readme() -> N
         for m in METRICS:
             assert old[m]["estimated"] == pytest.approx(new[m]["estimated"], abs=1e-9)
             assert old[m]["realized"] == pytest.approx(new[m]["realized"], abs=1e-9)
-    assert markdown(rows) in (ROOT / "README.md").read_text(), "README's table is stale: python -m benchmarks.estimation_real"
+    assert markdown(rows) in (ROOT / "README.md").read_text(), (
+        "README's table is stale: python -m benchmarks.estimation_real"
+    )

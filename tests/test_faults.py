@@ -24,9 +24,8 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, func, select
 
+from exporter.db import predictions_table, runs_table
 from exporter.demo import Traffic
-from exporter.deployment import runs_table
-from exporter.predictions import predictions_table
 from tests.helpers import LiveServer, config_folder, live_server, sample, wait_until
 from tests.pg_private import PrivatePostgres
 from tests.test_api import GOOD
@@ -380,9 +379,13 @@ def test_outage_with_two_replicas_resumes_one_job_and_loses_nothing(
                 for s in (first, second)
             )
             assert written == answered == 80
-            runs = [float(s.wait_for(lambda m: m)[("model_drift_job_runs_total", frozenset())]) for s in (first, second)]
+            runs = [
+                float(s.wait_for(lambda m: m)[("model_drift_job_runs_total", frozenset())]) for s in (first, second)
+            ]
             time.sleep(3)
-            later = [float(s.wait_for(lambda m: m)[("model_drift_job_runs_total", frozenset())]) for s in (first, second)]
+            later = [
+                float(s.wait_for(lambda m: m)[("model_drift_job_runs_total", frozenset())]) for s in (first, second)
+            ]
             assert sum(b > a for a, b in zip(runs, later, strict=True)) == 1, (runs, later)  # one job again
             with engine.connect() as conn:
                 assert conn.execute(select(func.count()).select_from(predictions_table)).scalar() == 80

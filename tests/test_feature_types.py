@@ -170,7 +170,9 @@ def test_integer_codes_with_gaps_stay_integers_for_drift_and_quality(tmp_path: P
     assert sample(metrics, "model_quality", metric="accuracy") == pytest.approx(accuracy_score(truth, predictions))
     # the window's integer codes are the reference's float-read codes, not unseen categories
     assert sample(metrics, "model_feature_unseen_share", feature="grade") == 0
-    assert sample(metrics, "model_feature_missing_share", feature="grade") == pytest.approx(fresh["grade"].isna().mean())
+    assert sample(metrics, "model_feature_missing_share", feature="grade") == pytest.approx(
+        fresh["grade"].isna().mean()
+    )
 
 
 def _serve_fails(config: Path) -> str:

@@ -31,7 +31,9 @@ def test_quality_equals_what_was_sent_and_labels_are_idempotent(demo_dir: Path, 
         assert again.status_code == 202 and again.json() == {"accepted": 1}
         # a different label replaces the first one and is counted
         replaced = "Gentoo" if labels[2] != "Gentoo" else "Adelie"
-        assert client.post("/feedback", json={"request_id": answers[2]["request_id"], "label": replaced}).status_code == 202
+        assert client.post(
+            "/feedback", json={"request_id": answers[2]["request_id"], "label": replaced}
+        ).status_code == 202
         labels[2] = replaced
 
         assert client.post("/feedback", json={"request_id": "0" * 32, "label": "Adelie"}).status_code == 404

@@ -27,8 +27,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sqlalchemy import create_engine, select
 
+from exporter.db import Database, predictions_table
 from exporter.demo import Traffic
-from exporter.predictions import LabelUpdate, PredictionLog, PredictionRow, PredictionStore, predictions_table
+from exporter.prediction_log import PredictionLog
+from exporter.store import LabelUpdate, PredictionRow, PredictionStore
 from tests.helpers import config_folder, deep_update, free_port, live_server, sample, wait_until
 from tests.pg_private import PrivatePostgres
 
@@ -116,7 +118,8 @@ def test_classification_label_refuses_nan_and_infinity(demo_dir: Path, tmp_path:
             one = http.post("/feedback", content=f'{{"request_id": "{ids[0]}", "label": {bad}}}',
                             headers={"content-type": "application/json"})
             assert one.status_code == 422 and names_field(one, "body", "label"), (bad, one.text)
-            batch = http.post("/feedback/batch", content=f'{{"labels": [{{"request_id": "{ids[1]}", "label": {bad}}}]}}',
+            batch = http.post("/feedback/batch",
+                              content=f'{{"labels": [{{"request_id": "{ids[1]}", "label": {bad}}}]}}',
                               headers={"content-type": "application/json"})
             assert batch.status_code == 422 and names_field(batch, "body", "labels", 0, "label"), (bad, batch.text)
         assert sample(server.metrics(), "model_feedback_total") == 0
@@ -156,7 +159,7 @@ def test_labels_accepted_but_not_stored_are_exported_as_dropped(tmp_path: Path) 
 
 
 def test_left_over_rows_and_labels_at_shutdown_are_counted_apart(tmp_path: Path) -> None:
-    store = PredictionStore(f"sqlite:///{tmp_path / 'log.db'}")
+    store = PredictionStore(Database(f"sqlite:///{tmp_path / 'log.db'}"))
     log = PredictionLog(store, queue_size=10)  # writer not started: everything is still queued at stop()
     rows = [PredictionRow(f"id{i}", time.time(), "1", {"a": 1.0}, "A", None) for i in range(3)]
     assert log.enqueue(rows) == 0
@@ -205,7 +208,9 @@ def test_feedback_batch_that_does_not_fit_is_refused_whole(pg: PrivatePostgres, 
         assert sample(metrics, "model_prediction_log_queue_rows") == 8, "a refused batch must queue nothing"
         assert sample(metrics, "model_feedback_total") == 0
         assert sample(metrics, "model_feedback_dropped_total") == 0, "the client was told to retry: nothing was lost"
-        accepted = http.post("/feedback/batch", json={"labels": [{"request_id": i, "label": "Gentoo"} for i in ids[4:6]]})
+        accepted = http.post(
+            "/feedback/batch", json={"labels": [{"request_id": i, "label": "Gentoo"} for i in ids[4:6]]}
+        )
         assert accepted.status_code == 202, accepted.text
         pg.start()
         metrics = server.wait_for(lambda m: m if sample(m, "model_prediction_log_queue_rows") == 0
@@ -217,7 +222,9 @@ def test_feedback_batch_that_does_not_fit_is_refused_whole(pg: PrivatePostgres, 
 
 
 # -- model.version and PostgreSQL's column lengths --------------------------------------------------------------
-def test_model_version_of_64_characters_is_stored_on_postgres(postgres_url: str, demo_dir: Path, tmp_path: Path) -> None:
+def test_model_version_of_64_characters_is_stored_on_postgres(
+    postgres_url: str, demo_dir: Path, tmp_path: Path
+) -> None:
     version = "2024-06-01-" + "x" * 53
     assert len(version) == 64
     config = config_folder(demo_dir, tmp_path, database_url=postgres_url, model={"version": version},
@@ -270,7 +277,9 @@ def test_model_version_over_64_characters_is_refused_at_start(via: str, demo_dir
 # -- /feedback while the database is down -----------------------------------------------------------------------
 def test_feedback_while_the_database_is_down_answers_503(pg: PrivatePostgres, demo_dir: Path, tmp_path: Path) -> None:
     database_url = pg.create_database()
-    config = config_folder(demo_dir, tmp_path, database_url=database_url, drift={"interval_seconds": 60, "report": False})
+    config = config_folder(
+        demo_dir, tmp_path, database_url=database_url, drift={"interval_seconds": 60, "report": False}
+    )
     traffic = Traffic("none", seed=2)
     with live_server(config) as server, httpx.Client(base_url=server.url, timeout=15) as http:
         records, truth = traffic.records(3)

@@ -114,7 +114,9 @@ def ci_values(case: str) -> dict[str, Any]:
 
 
 def test_helm_is_there() -> None:
-    assert HELM is not None, "helm not found: `make test` (or `.venv/bin/python scripts/get-helm.py`) puts it in the venv"
+    assert HELM is not None, (
+        "helm not found: `make test` (or `.venv/bin/python scripts/get-helm.py`) puts it in the venv"
+    )
     assert "v4." in _helm("version", "--short").stdout or "v3." in _helm("version", "--short").stdout
 
 

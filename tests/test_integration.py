@@ -9,8 +9,8 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, func, select
 
+from exporter.db import predictions_table
 from exporter.demo import CATEGORICAL, NUMERICAL, Traffic
-from exporter.predictions import predictions_table
 from tests.helpers import LiveServer, config_folder, live_server, sample
 
 WINDOW = 666  # two full passes over the 333 reference rows
@@ -45,7 +45,9 @@ def detected(metrics: dict[Any, float]) -> dict[str, float | None]:
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_stationary_then_shifted_traffic(backend: str, demo_dir: Path, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def test_stationary_then_shifted_traffic(
+    backend: str, demo_dir: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     database_url = (
         request.getfixturevalue("postgres_url") if backend == "postgresql" else "sqlite:///predictions.db"
     )

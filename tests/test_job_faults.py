@@ -25,7 +25,7 @@ def client(demo_dir: Path, tmp_path: Path) -> Iterator[TestClient]:
 
 def run(client: TestClient) -> tuple[dict[Any, float], dict[str, Any]]:
     flush(client)
-    client.app.state.service.run_drift_job()  # type: ignore[attr-defined]
+    client.app.state.job.tick()  # type: ignore[attr-defined]
     return parse_metrics(client.get("/metrics").text), client.get("/drift").json()
 
 
@@ -83,8 +83,8 @@ def test_failed_run_keeps_last_success_and_counts(client: TestClient, monkeypatc
     client.post("/predict/batch", json={"records": [GOOD] * 30})
     metrics, _ = run(client)
     last_success = sample(metrics, "model_drift_job_last_success_timestamp_seconds")
-    service = client.app.state.service  # type: ignore[attr-defined]
-    monkeypatch.setattr(service.drift_job.runner.store, "window", lambda *a, **k: (_ for _ in ()).throw(OSError("disk gone")))
+    job = client.app.state.job  # type: ignore[attr-defined]
+    monkeypatch.setattr(job.runner.store, "window", lambda *a, **k: (_ for _ in ()).throw(OSError("disk gone")))
     metrics, body = run(client)
     assert sample(metrics, "model_drift_job_failures_total") == 1
     assert sample(metrics, "model_drift_job_runs_total") == 2

@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 from sqlalchemy import event, text
 
-from exporter.predictions import (
+from exporter.db import Database
+from exporter.prediction_log import PredictionLog
+from exporter.store import (
     SQLITE_INSERT_ROWS,
     LabelUpdate,
-    PredictionLog,
     PredictionRow,
     PredictionStore,
     _json,
@@ -34,8 +35,8 @@ def rows(n: int, start: int = 0) -> list[PredictionRow]:
 
 
 def store(tmp_path: Path) -> PredictionStore:
-    s = PredictionStore(f"sqlite:///{tmp_path / 'log.db'}")
-    s.create_schema()
+    s = PredictionStore(Database(f"sqlite:///{tmp_path / 'log.db'}"))
+    s.db.ensure_schema()
     return s
 
 
@@ -100,9 +101,7 @@ def test_label_for_a_queued_prediction_lands_after_it(tmp_path: Path) -> None:
     assert log.pending_label("id1") == (True, "B")
     log.start()
     log.stop(timeout=30)
-    assert s.lookup_label("id1") == (True, "B")
-    assert s.lookup_label("id0") == (True, None)
-    assert s.lookup_label("nope") == (False, None)
+    assert s.labels_of(["id1", "id0", "nope"]) == {"id1": "B", "id0": None}
     labels, preds, probas = s.labelled_window(10)
     assert labels == ["B"] and preds == ["A"] and probas == [{"A": 0.9, "B": 0.1}]
 
@@ -116,11 +115,11 @@ def test_a_label_still_queued_for_a_written_prediction_is_its_current_label(tmp_
     later = PredictionLog(s, batch_size=1000, flush_interval=0.5)
     later.enqueue_labels([LabelUpdate("id0", "B", time.time())])
     # a label that replaces it before the writer runs is compared with "B", not with the table's empty label
-    assert later.labels_known(["id0"]) == ([], {"id0": "B"})
+    assert later.current_labels(["id0", "nope"]) == {"id0": "B"}
     later.start()
     later.stop(timeout=30)
     assert later.pending_label("id0") == (False, None)  # written: the table has it now
-    assert later.labels_known(["id0"]) == ([], {"id0": "B"})
+    assert later.current_labels(["id0"]) == {"id0": "B"}
 
 
 def test_row_the_database_refuses_is_dropped_and_counted_not_retried_forever(tmp_path: Path) -> None:
@@ -148,18 +147,19 @@ def test_row_the_database_refuses_is_dropped_and_counted_not_retried_forever(tmp
 
 
 def test_table_created_once_the_database_comes_up(tmp_path: Path) -> None:
-    s = PredictionStore(f"sqlite:///{tmp_path / 'log.db'}")  # no create_schema(): as if down at start-up
+    s = PredictionStore(Database(f"sqlite:///{tmp_path / 'log.db'}"))  # no ensure_schema(): as if down at start-up
     attempts = 0
-    original = s.create_schema
+    original = s.db.ensure_schema
 
     def flaky_create() -> None:
         nonlocal attempts
-        attempts += 1
-        if attempts < 3:
-            raise ConnectionError("database is down")
+        if not s.db.schema_ready:
+            attempts += 1
+            if attempts < 3:
+                raise ConnectionError("database is down")
         original()
 
-    s.create_schema = flaky_create  # type: ignore[method-assign]
+    s.db.ensure_schema = flaky_create  # type: ignore[method-assign]
     log = PredictionLog(s, batch_size=10, flush_interval=0.05, max_backoff=0.1)
     log.start()
     log.enqueue(rows(15))
@@ -168,7 +168,7 @@ def test_table_created_once_the_database_comes_up(tmp_path: Path) -> None:
     with s.engine.begin() as conn:  # the table vanishes under a running service
         conn.execute(text("DROP TABLE predictions"))
     log2 = PredictionLog(s, batch_size=10, flush_interval=0.05)
-    log2.schema_ready = True
+    assert s.db.schema_ready  # as far as this process knows
     log2.start()
     log2.enqueue(rows(4, start=50))
     log2.stop(timeout=30)
@@ -216,7 +216,9 @@ def test_sqlite_insert_of_more_rows_than_a_statement_holds_is_one_transaction(tm
     batch = [r.as_db() for r in rows(95)]
     s.insert(batch)
     inserts = [st for st in statements if st.startswith("INSERT")]
-    assert len(inserts) == 3 and [st.upper() for st in statements if not st.startswith("INSERT")] == ["BEGIN ", "COMMIT"]
+    assert (
+        len(inserts) == 3 and [st.upper() for st in statements if not st.startswith("INSERT")] == ["BEGIN ", "COMMIT"]
+    )
     assert [g[0] for g in _stored(s)] == [r["request_id"] for r in batch]
     # A row the database refuses (a duplicate request_id) in the last chunk rolls back the earlier chunks too.
     with pytest.raises(Exception, match="UNIQUE"):
@@ -287,3 +289,44 @@ def test_request_ids_of_a_forked_child_do_not_repeat_its_parents() -> None:
     assert len(child_ids) == 50
     # the bits after the 48-bit timestamp and version nibble are random: the two sequences share none of them
     assert not {i[13:] for i in child_ids} & {i[13:] for i in parent}
+
+
+def test_an_integrity_error_that_no_retry_can_fix_is_refused_not_retried_forever(tmp_path: Path) -> None:
+    """A constraint other than a replayed commit's request_ids (a primary key sequence behind after a restore, say)
+    refuses every retry: the rows are refused and counted, and the writer goes on with the next batch."""
+    from sqlalchemy import exc as sa_exc
+
+    s = store(tmp_path)
+    original = s.insert
+    calls = 0
+
+    def behind(batch: list[dict[str, object]]) -> None:
+        nonlocal calls
+        calls += 1
+        if any(str(r["request_id"]).startswith("id") for r in batch):
+            raise sa_exc.IntegrityError("INSERT ...", {}, Exception("duplicate key value violates unique constraint "
+                                                                   '"predictions_pkey"'))
+        original(batch)
+
+    s.insert = behind  # type: ignore[method-assign]
+    log = PredictionLog(s, batch_size=100, flush_interval=0.05)
+    log.start()
+    log.enqueue(rows(3))
+    log.enqueue([PredictionRow("ok", time.time(), "1", {"a": 1.0}, "A", None)])
+    log.stop(timeout=30)
+    assert (log.written, log.dropped, s.count()) == (1, 3, 1)
+    assert calls <= 1 + 4  # the batch once, then each row once: no loop
+
+
+def test_the_quality_window_reads_the_labelled_rows_through_their_own_index(tmp_path: Path) -> None:
+    """Without it, a table with few or no labels is scanned whole at every run (1.2 s at 5M rows)."""
+    s = store(tmp_path)
+    queries: list[tuple[str, Any]] = []
+    event.listen(s.engine, "before_cursor_execute",
+                 lambda conn, cursor, statement, params, context, many: queries.append((statement, params)))
+    s.labelled_window(3000, "1")
+    statement, params = queries[-1]
+    with s.engine.connect() as conn:
+        plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", params).all()
+    assert any("ix_predictions_labelled_version_id" in str(row) for row in plan), plan
+    assert not any("TEMP B-TREE" in str(row) for row in plan), plan

@@ -12,15 +12,16 @@ from sqlalchemy import select
 
 from exporter.app import create_app
 from exporter.config import ConfigError, load_settings
-from exporter.predictions import PredictionStore, predictions_table
+from exporter.db import Database, predictions_table
 from exporter.retention import prune
+from exporter.store import PredictionStore
 from tests.helpers import config_folder, parse_metrics, sample
 
 DAY = 86400.0
 
 
 def _fill(store: PredictionStore, created: list[float]) -> None:
-    store.create_schema()
+    store.db.ensure_schema()
     store.insert([
         {"request_id": uuid.uuid4().hex, "created_at": at, "model_version": "1", "features": "{}", "prediction": "1"}
         for at in created
@@ -35,9 +36,11 @@ def _left(store: PredictionStore) -> list[float]:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> PredictionStore:
     url = f"sqlite:///{tmp_path / 'p.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-    s = PredictionStore(url)
+    db = Database(url)
+    s = PredictionStore(db)
     yield s
     s.dispose()
+    db.dispose()
 
 
 def test_prune_by_age_and_by_count_in_batches(store: PredictionStore) -> None:
@@ -64,11 +67,11 @@ def test_the_drift_job_prunes_and_counts(demo_dir: Path, tmp_path: Path) -> None
                                                       "isolation": "thread"},
                            prediction_log={"retention": {"max_age_days": None, "max_rows": 100}})
     app = create_app(load_settings(config), start_scheduler=False)
-    service = app.state.service
+    store = app.state.prediction_log.store
     with TestClient(app) as client:
-        _fill(service.store, [time.time() - 300 + i for i in range(250)])
-        service.run_drift_job()
-        assert service.store.count() == 100
+        _fill(store, [time.time() - 300 + i for i in range(250)])
+        app.state.job.tick()
+        assert store.count() == 100
         assert sample(parse_metrics(client.get("/metrics").text), "model_prediction_log_pruned_total") == 150
 
 

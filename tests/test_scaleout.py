@@ -21,13 +21,14 @@ import pytest
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import Engine
 
+from exporter.db import predictions_table, runs_table
 from exporter.demo import Traffic
-from exporter.deployment import runs_table
-from exporter.predictions import predictions_table
 from tests.e2e_stack import DRIFT_ALERTS, Stack, monitoring, send, wait_until
 from tests.helpers import LiveServer, config_folder, parse_metrics, sample
 
-INTERVAL = 6.0  # seconds between drift runs (a run here also builds the report and the estimates); the alerts' `for:` is scaled to 2 s in the test stack
+# seconds between drift runs (a run here also builds the report and the estimates);
+# the alerts' `for:` is scaled to 2 s in the test stack
+INTERVAL = 6.0
 SHIFTED = "bill_length_mm"  # the feature Traffic("shift") moves
 THREADS, SINGLES, BATCHES, BATCH = 4, 40, 5, 20  # load per replica: each thread's single calls and batches
 ROWS_PER_REPLICA = THREADS * (SINGLES + BATCHES * BATCH)

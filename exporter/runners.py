@@ -1,4 +1,4 @@
-"""One drift job run (window -> drift, quality, report), in this process or in a worker process.
+"""Where a drift run happens: in the calling thread, or in a long-lived worker process.
 
 The worker process keeps the reference and a database connection between runs. It has a core and a GIL of its
 own, so a long computation does not slow the prediction API, and a run that overruns its timeout is abandoned by
@@ -13,16 +13,13 @@ import multiprocessing as mp
 import os
 import threading
 import time
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Protocol
 
-from exporter.drift import DriftResult, MethodOverride, Reference, compute_drift
-from exporter.estimation import LABEL, PROBABILITIES, EstimateResult, EstimationSetup, estimate_window
-from exporter.predictions import PredictionStore
-from exporter.quality import QualityResult, quality
-from exporter.report import CachedReport, build_report
+from exporter.db import Database
+from exporter.run import JobOutput, JobSpec, prepare, run_job
 from exporter.stattests import evidently_stattests
+from exporter.store import PredictionStore
 
 log = logging.getLogger(__name__)
 
@@ -35,105 +32,10 @@ class JobTimeout(JobError):
     """A run took longer than its timeout and was abandoned."""
 
 
-@dataclass
-class JobSpec:
-    """Everything a run needs; picklable, so a worker process gets it once at start."""
+class Runner(Protocol):
+    def run(self, timeout: float) -> JobOutput: ...
 
-    reference: Reference
-    database_url: str
-    window_size: int
-    window_seconds: float | None
-    min_rows: int
-    drift_share: float
-    report: bool
-    task: str
-    classes: list[Any]
-    with_quality: bool
-    model_version: str | None = None  # the window holds this version's predictions only (None: every version)
-    overrides: dict[str, MethodOverride] = field(default_factory=dict)
-    prediction_override: MethodOverride = field(default_factory=MethodOverride)
-    alpha: float | None = None  # calibrated thresholds' per-run false-flag probability; None: Evidently's thresholds
-    estimation: EstimationSetup | None = None  # label-free quality estimation; fitted once where the runs happen
-
-
-@dataclass
-class JobOutput:
-    drift: DriftResult
-    quality: QualityResult | None
-    report: CachedReport | None
-    report_error: str | None
-    compute_seconds: float  # window, drift, quality and estimate; the report is built after and not counted
-    report_seconds: float = 0.0
-    estimate: EstimateResult | None = None
-    estimate_seconds: float = 0.0  # part of compute_seconds
-
-
-def _check_reference(setup: EstimationSetup) -> None:
-    try:
-        setup.check_reference()
-    except Exception as exc:  # e.g. a model that cannot be cloned and refitted: no check
-        log.info("reference check skipped: %s: %s", type(exc).__name__, exc)
-
-
-def check_in_background(spec: JobSpec) -> None:
-    """The reference rule's check (refitting the model five times) only logs: in the service's own process it runs
-    in a thread of its own, after the first run, rather than delaying it."""
-    if spec.estimation is not None:
-        threading.Thread(target=_check_reference, args=(spec.estimation,), name="exporter-reference-check",
-                         daemon=True).start()
-
-
-def prepare(spec: JobSpec, check: bool = True) -> None:
-    """Fit what the runs reuse (the estimator), once per process that runs the job; a failure is logged, and the
-    runs go on without an estimate. With ``check``, the reference rule's check first."""
-    if spec.estimation is not None:
-        if check:
-            _check_reference(spec.estimation)
-        try:
-            spec.estimation.fit()
-        except Exception as exc:
-            log.error("quality estimation disabled: fitting it on the reference failed: %s: %s",
-                      type(exc).__name__, exc)
-            spec.estimation = None
-
-
-def run_job(spec: JobSpec, store: PredictionStore) -> JobOutput:
-    started = time.monotonic()
-    window = store.window(spec.window_size, spec.window_seconds, model_version=spec.model_version,
-                          outcomes=(PROBABILITIES, LABEL) if spec.estimation is not None else None)
-    outcomes = window[[c for c in (PROBABILITIES, LABEL) if c in window]]
-    window = window.drop(columns=list(outcomes.columns))
-    result = compute_drift(
-        spec.reference,
-        window,
-        min_rows=spec.min_rows,
-        drift_share=spec.drift_share,
-        per_feature=spec.overrides,
-        prediction_override=spec.prediction_override,
-        alpha=spec.alpha,
-    )
-    quality_result = None
-    if spec.with_quality:
-        labels, preds, probas = store.labelled_window(spec.window_size, spec.model_version)
-        quality_result = quality(spec.task, labels, preds, probas, spec.classes)
-    estimate, estimate_seconds = None, 0.0
-    if spec.estimation is not None and result.skipped_reason is None:
-        estimate_started = time.monotonic()
-        try:
-            estimate = estimate_window(spec.estimation, window.join(outcomes))
-        except Exception as exc:  # the drift and realized quality of the run stand without it
-            log.error("quality estimation failed: %s: %s", type(exc).__name__, exc)
-        estimate_seconds = time.monotonic() - estimate_started
-    compute_seconds = time.monotonic() - started
-    report = report_error = None
-    report_started = time.monotonic()
-    if spec.report and result.skipped_reason is None:
-        try:
-            report = build_report(spec.reference, window, result, calibrated=spec.alpha is not None)
-        except Exception as exc:
-            report_error = f"{type(exc).__name__}: {exc}"
-    return JobOutput(result, quality_result, report, report_error, compute_seconds,
-                     time.monotonic() - report_started, estimate, estimate_seconds)
+    def close(self) -> None: ...
 
 
 class InProcessRunner:
@@ -143,7 +45,8 @@ class InProcessRunner:
 
     def __init__(self, spec: JobSpec) -> None:
         self.spec = spec
-        self.store = PredictionStore(spec.database_url)
+        self.db = Database(spec.database_url)
+        self.store = PredictionStore(self.db)
         self._prepared = False
 
     def run(self, timeout: float) -> JobOutput:
@@ -152,7 +55,7 @@ class InProcessRunner:
         evidently_stattests()  # imported once, on the first run: not part of any run's time
         first = not self._prepared
         if first:
-            prepare(self.spec, check=False)  # once, on the first run: not part of any run's time
+            prepare(self.spec)  # once, on the first run: not part of any run's time
             self._prepared = True
         started = time.monotonic()
         try:
@@ -160,8 +63,10 @@ class InProcessRunner:
         except Exception as exc:
             raise JobError(f"{type(exc).__name__}: {exc}") from exc
         finally:
-            if first:
-                check_in_background(self.spec)
+            if first and self.spec.reference_check is not None:
+                # in the service's own process: in a thread of its own, rather than delaying the first run
+                threading.Thread(target=self.spec.reference_check.run, name="exporter-reference-check",
+                                 daemon=True).start()
         took = time.monotonic() - started
         if took > timeout:
             raise JobTimeout(f"run took {took:.2f}s, over the {timeout:g}s timeout; its result was discarded")
@@ -169,6 +74,7 @@ class InProcessRunner:
 
     def close(self) -> None:
         self.store.dispose()
+        self.db.dispose()
 
 
 def lower_priority() -> None:
@@ -182,8 +88,11 @@ def _worker_main(conn: Connection, spec: JobSpec) -> None:
     lower_priority()
     if not logging.getLogger().handlers:  # a spawned process: log as the service does (exporter.cli)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    store = PredictionStore(spec.database_url)
+    db = Database(spec.database_url)
+    store = PredictionStore(db)
     evidently_stattests()  # Evidently's import takes seconds: before "ready", so no run's timeout pays it
+    if spec.reference_check is not None:
+        spec.reference_check.run()
     prepare(spec)  # the estimator is fitted once per worker, before "ready" too
     conn.send("ready")  # imports and the spec are loaded: the runner times runs from here
     while True:
@@ -198,6 +107,7 @@ def _worker_main(conn: Connection, spec: JobSpec) -> None:
         except Exception as exc:
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
     store.dispose()
+    db.dispose()
 
 
 class WorkerRunner:

@@ -1,0 +1,105 @@
+"""What one drift run computes: the window -> drift, realized and estimated quality, the HTML report.
+
+Pure of where it runs (exporter.runners): a JobSpec in, a JobOutput out, the store read and never written.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from exporter.drift import DriftResult, MethodOverride, Reference, compute_drift
+from exporter.estimation import LABEL, PROBABILITIES, EstimateResult, EstimationSetup, estimate_window
+from exporter.quality import QualityResult, quality
+from exporter.reference_check import ReferenceCheck
+from exporter.report import CachedReport, build_report
+from exporter.store import PredictionStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobSpec:
+    """Everything a run needs; picklable, so a worker process gets it once at start."""
+
+    reference: Reference
+    database_url: str
+    window_size: int
+    window_seconds: float | None
+    min_rows: int
+    drift_share: float
+    report: bool
+    task: str
+    classes: list[Any]
+    with_quality: bool
+    model_version: str | None = None  # the window holds this version's predictions only (None: every version)
+    overrides: dict[str, MethodOverride] = field(default_factory=dict)
+    prediction_override: MethodOverride = field(default_factory=MethodOverride)
+    alpha: float | None = None  # calibrated thresholds' per-run false-flag probability; None: Evidently's thresholds
+    estimation: EstimationSetup | None = None  # label-free quality estimation; fitted once where the runs happen
+    reference_check: ReferenceCheck | None = None  # run once where the runs happen, after the first
+
+
+@dataclass
+class JobOutput:
+    drift: DriftResult
+    quality: QualityResult | None
+    report: CachedReport | None
+    report_error: str | None
+    compute_seconds: float  # window, drift, quality and estimate; the report is built after and not counted
+    report_seconds: float = 0.0
+    estimate: EstimateResult | None = None
+    estimate_seconds: float = 0.0  # part of compute_seconds
+
+
+def prepare(spec: JobSpec) -> None:
+    """Fit what the runs reuse (the estimator), once per runner; a failure is logged, and the runs go on without
+    an estimate."""
+    if spec.estimation is not None:
+        try:
+            spec.estimation.fit()
+        except Exception as exc:
+            log.error("quality estimation disabled: fitting it on the reference failed: %s: %s",
+                      type(exc).__name__, exc)
+            spec.estimation = None
+
+
+def run_job(spec: JobSpec, store: PredictionStore) -> JobOutput:
+    started = time.monotonic()
+    window = store.window(spec.window_size, spec.window_seconds, model_version=spec.model_version,
+                          outcomes=(PROBABILITIES, LABEL) if spec.estimation is not None else None)
+    outcomes = window[[c for c in (PROBABILITIES, LABEL) if c in window]]
+    window = window.drop(columns=list(outcomes.columns))
+    result = compute_drift(
+        spec.reference,
+        window,
+        min_rows=spec.min_rows,
+        drift_share=spec.drift_share,
+        per_feature=spec.overrides,
+        prediction_override=spec.prediction_override,
+        alpha=spec.alpha,
+    )
+    quality_result = None
+    if spec.with_quality:
+        labels, preds, probas = store.labelled_window(spec.window_size, spec.model_version)
+        quality_result = quality(spec.task, labels, preds, probas, spec.classes)
+    estimate, estimate_seconds = None, 0.0
+    if spec.estimation is not None and result.skipped_reason is None:
+        estimate_started = time.monotonic()
+        try:
+            estimate = estimate_window(spec.estimation, window.join(outcomes))
+        except Exception as exc:  # the drift and realized quality of the run stand without it
+            log.error("quality estimation failed: %s: %s", type(exc).__name__, exc)
+        estimate_seconds = time.monotonic() - estimate_started
+    compute_seconds = time.monotonic() - started
+    report = report_error = None
+    report_started = time.monotonic()
+    if spec.report and result.skipped_reason is None:
+        try:
+            report = build_report(spec.reference, window, result, calibrated=spec.alpha is not None)
+        except Exception as exc:
+            report_error = f"{type(exc).__name__}: {exc}"
+    return JobOutput(result, quality_result, report, report_error, compute_seconds,
+                     time.monotonic() - report_started, estimate, estimate_seconds)

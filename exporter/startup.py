@@ -1,0 +1,181 @@
+"""Start-up: every part the service needs, built and checked from the settings once.
+
+Each check refuses with one line naming the file and the problem (StartupError), before anything serves: a
+stat test Evidently lacks, a reference that is missing or lacks a feature, a model that cannot be loaded or does
+not answer the request path as it answers the reference, an SQLite file that cannot be written. Nothing here
+holds state once built; the app factory and the CLI put the parts together.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from pydantic import BaseModel
+
+from exporter.config import Settings
+from exporter.db import Database, StoreNotWritable
+from exporter.drift import CATEGORICAL, NUMERICAL, MethodOverride, Reference
+from exporter.estimation import EstimationSetup, setup_from_reference
+from exporter.features import FeatureTypeError, FeatureTypes, read_reference
+from exporter.guard import RequestPathError, check_request_path
+from exporter.model import Model
+from exporter.quality import quality
+from exporter.reference_check import ReferenceCheck
+from exporter.run import JobSpec
+from exporter.schema import record_model
+from exporter.stattests import check_method
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """A problem that prevents the service from starting, with a message naming the file and the problem."""
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What start-up built from the settings: the model and its request schema, the reference and what the
+    drift job derives from it."""
+
+    settings: Settings
+    model: Model
+    record_model: type[BaseModel]
+    reference: Reference
+    quality_reference: dict[str, float] = field(default_factory=dict)
+    estimation: EstimationSetup | None = None
+    reference_check: ReferenceCheck | None = None
+    request_path_rows: int = 0  # reference rows that /predict was checked to answer as the model does
+
+    def job_spec(self, database_url: str | None = None) -> JobSpec:
+        s = self.settings
+        cfg = s.drift
+        return JobSpec(
+            reference=self.reference,
+            database_url=database_url or s.resolved_database_url,
+            window_size=cfg.window_size,
+            window_seconds=cfg.window_seconds,
+            min_rows=cfg.min_rows,
+            drift_share=cfg.drift_share,
+            report=cfg.report,
+            task=s.model.task,
+            classes=self.model.classes,
+            with_quality=s.target is not None,
+            model_version=s.model.version,
+            overrides={name: MethodOverride(c.method, c.threshold) for name, c in cfg.per_feature.items()},
+            prediction_override=MethodOverride(cfg.prediction.method, cfg.prediction.threshold),
+            alpha=cfg.alpha,
+            estimation=self.estimation,
+            reference_check=self.reference_check,
+        )
+
+
+def check_methods(settings: Settings) -> None:
+    """Refuse a configured stat test Evidently lacks for the column's type: it would fail every drift run."""
+    for name, cfg in settings.drift.per_feature.items():
+        if cfg.method is not None:
+            kind = NUMERICAL if name in settings.features.numerical else CATEGORICAL
+            try:
+                check_method(cfg.method, kind)
+            except ValueError as exc:
+                raise StartupError(f"drift.per_feature.{name}.method: {exc}") from None
+    method = settings.drift.prediction.method
+    if method is not None:
+        task = settings.model.task
+        try:
+            check_method(method, NUMERICAL if task == "regression" else CATEGORICAL)
+        except ValueError as exc:
+            raise StartupError(f"drift.prediction.method: {exc} (the predictions of a {task} model)") from None
+
+
+def read_table(path: Path, category_types: dict[str, str]) -> pd.DataFrame:
+    if not path.is_file():
+        raise StartupError(f"{path}: reference file not found")
+    try:
+        return read_reference(path, category_types)
+    except Exception as exc:
+        raise StartupError(f"{path}: cannot read reference data: {one_line(exc)}") from exc
+
+
+def build(settings: Settings) -> Parts:
+    """Every part but the database, checked; StartupError with one line on the first problem."""
+    features = settings.features
+    check_methods(settings)
+    ref_path = settings.resolve(settings.reference.path)
+    frame = read_table(ref_path, dict(features.category_types))
+    missing = [c for c in features.all if c not in frame.columns]
+    if missing:
+        raise StartupError(f"{ref_path}: reference data lacks configured feature(s): {', '.join(missing)}")
+    try:
+        types = FeatureTypes.from_reference(frame, features.numerical, features.categorical, features.category_types)
+    except FeatureTypeError as exc:
+        raise StartupError(f"{ref_path}: {exc}") from exc
+    model_path = settings.resolve(settings.model.path)
+    try:
+        model = Model.load(model_path, types, settings.model.task)
+    except Exception as exc:
+        raise StartupError(str(exc)) from exc
+    record = record_model(features, types.value_types())
+    try:
+        checked = check_request_path(model, record, frame)
+    except RequestPathError as exc:
+        raise StartupError(f"{ref_path}: {exc}") from exc
+    predictions, probabilities = _reference_predictions(settings, model, frame, ref_path)
+    prediction_type = NUMERICAL if settings.model.task == "regression" else CATEGORICAL
+    try:
+        reference = Reference(frame, features.numerical, features.categorical, predictions, prediction_type)
+    except ValueError as exc:
+        raise StartupError(f"{ref_path}: {exc}") from exc
+    parts = Parts(settings, model, record, reference, request_path_rows=checked)
+    target = settings.target
+    if target is not None:
+        if target not in frame.columns:
+            raise StartupError(f"{ref_path}: reference data lacks the target column {target!r}")
+        labelled = frame[target].notna()
+        baseline = quality(
+            settings.model.task,
+            frame.loc[labelled, target].tolist(),
+            predictions[labelled].tolist(),
+            None if probabilities is None else [p for p, ok in zip(probabilities, labelled, strict=True) if ok],
+            model.classes,
+        ).metrics
+        estimation = setup_from_reference(settings.model.task, model.classes, frame, target, predictions,
+                                          probabilities, features.numerical, features.categorical)
+        check = None
+        if estimation is not None and settings.reference.check_held_out:
+            check = ReferenceCheck.of(str(model_path), settings.model.task, frame, model.features, target, predictions)
+        parts = Parts(settings, model, record, reference, baseline, estimation, check, checked)
+    return parts
+
+
+def _reference_predictions(
+    settings: Settings, model: Model, frame: pd.DataFrame, ref_path: Path
+) -> tuple[pd.Series, list[dict[str, float]] | None]:
+    column = settings.reference.prediction_column
+    if column is not None:
+        if column not in frame.columns:
+            raise StartupError(f"{ref_path}: reference data lacks the prediction column {column!r}")
+        return frame[column], None
+    try:
+        predicted = model.predict_frame(frame)
+    except Exception as exc:
+        raise StartupError(f"{ref_path}: the model cannot predict on the reference data: {exc}") from exc
+    return pd.Series(predicted.values, index=frame.index), predicted.probabilities
+
+
+def open_database(settings: Settings) -> Database:
+    """The prediction log's database; an SQLite file that cannot be written is refused now (a database server
+    that is down is not: rows are buffered and the tables created once it answers)."""
+    db = Database(settings.resolved_database_url)
+    try:
+        db.check_writable()
+    except StoreNotWritable as exc:
+        db.dispose()
+        raise StartupError(f"database_url: {exc}") from exc
+    return db
