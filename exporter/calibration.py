@@ -181,8 +181,8 @@ def _categorical_null(ref: ColumnStats, test: str, m: int, rng: np.random.Genera
     counts = np.array(list(ref.counts.values()), dtype=float)
     n = ref.rows
     # Dirichlet(counts + 1): with the Bayesian bootstrap's Dirichlet(counts) a category seen 5 times is given too
-    # little room to be truly 3 times as common, and references that undercount a rare category flag every window
-    # (measured: twice alpha over 300-row references); the +1 is the exact upper confidence bound of a Poisson count.
+    # little room to be truly 3 times as common, and references that undercount a rare category flag too many
+    # windows; the +1 is the exact upper confidence bound of a Poisson count.
     window = rng.multinomial(m, _population(counts + 1, rng, replicates)).astype(float)
     ref_share = counts / n
     if test == "chisquare":  # Evidently: window counts against reference shares taken as exact

@@ -45,10 +45,9 @@ ONE_HOT_SCALE = 1 / math.sqrt(2)  # a change of category moves a row by 1, as on
 MAX_WIDTH = 256
 MAX_FIT_ROWS = 20_000  # the reference rows the PCA is fitted on (and cross-fitted), a fixed-seed subsample above
 MAX_WINDOW_ROWS = 5_000  # a larger window is scored on a fixed-seed subsample: the cost stays bounded
-# The reference's share of the no-drift variance of a window mean is REFERENCE_VARIANCE * sigma^2 / n: measured on
-# synthetic populations, the fresh-row mean error of the fitted model departs from its cross-fitted estimate by
-# 1.1 to 1.4 times sigma / sqrt(n), root mean square over 40 references (the estimate's own sampling noise and the
-# fitted model's), so 2 (1.41x in standard deviation) covers it.
+# The reference's share of the no-drift variance of a window mean is REFERENCE_VARIANCE * sigma^2 / n: the fitted
+# model's mean error on fresh rows departs from its cross-fitted estimate by about sigma / sqrt(n) (see
+# benchmarks/README.md), and 2 covers it.
 REFERENCE_VARIANCE = 2.0
 CAP_QUANTILE = 0.99  # of the fresh-row errors: the per-row error is capped there (see the module docstring)
 FOLDS = 5
@@ -166,7 +165,7 @@ class MultivariateReference:
 
     def __init__(self, frame: pd.DataFrame, numerical: list[str], categorical: list[str]) -> None:
         # One BLAS thread: these matrices are narrow, and a second thread on a busy machine makes each SVD several
-        # times slower (measured: 16000 x 21 took 0.32 s with the default threads, 0.04 s with one).
+        # times slower.
         with threadpool_limits(1, user_api="blas"):
             self._fit(frame, numerical, categorical)
 

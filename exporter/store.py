@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import pandas as pd
 import uuid_utils
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.engine import Engine
 
 from exporter.db import LABELLED_INDEX, Database, make_engine, predictions_table, runs_table
@@ -201,17 +201,20 @@ class PredictionStore:
     ) -> tuple[list[Any], list[Any], list[dict[str, float]] | None]:
         """Labels, predictions and probabilities of the latest ``size`` labelled predictions (of one model version)."""
         t = predictions_table.c
-        query = (
+        query: Any = (
             select(t.label, t.prediction, t.probabilities)
             .where(t.label.is_not(None))
             .order_by(t.id.desc())
             .limit(size)
         )
         if model_version is not None:
-            # SQLite without statistics picks between this index and ix_predictions_version_id (the same columns)
-            # by the order they were created in; only this one skips the unlabelled rows.
-            query = query.where(t.model_version == model_version).with_hint(
-                predictions_table, f"INDEXED BY {LABELLED_INDEX}", "sqlite")
+            query = query.where(t.model_version == model_version)
+            if self.db.backend == "sqlite":
+                # Without statistics SQLite picks between this index and ix_predictions_version_id (the same
+                # columns) by the order they were created in; only this one skips the unlabelled rows.
+                query = text(f"SELECT label, prediction, probabilities FROM predictions INDEXED BY {LABELLED_INDEX} "
+                             "WHERE label IS NOT NULL AND model_version = :version ORDER BY id DESC LIMIT :size"
+                             ).bindparams(version=model_version, size=size)
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         labels = [json.loads(r.label) for r in rows]

@@ -330,3 +330,14 @@ def test_the_quality_window_reads_the_labelled_rows_through_their_own_index(tmp_
         plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", params).all()
     assert any("ix_predictions_labelled_version_id" in str(row) for row in plan), plan
     assert not any("TEMP B-TREE" in str(row) for row in plan), plan
+
+
+def test_the_quality_window_is_the_latest_labelled_rows_of_its_version(tmp_path: Path) -> None:
+    s = store(tmp_path)
+    s.insert([r.as_db() for r in rows(10)])
+    s.insert([PredictionRow("v2", time.time(), "2", {"a": 1.0}, "B", {"A": 0.2, "B": 0.8}).as_db()])
+    s.set_labels([LabelUpdate(f"id{i}", f"L{i}", time.time()) for i in (2, 5, 7)] + [LabelUpdate("v2", "X", 0.0)])
+    labels, preds, probas = s.labelled_window(2, "1")
+    assert labels == ["L7", "L5"] and preds == ["A", "A"] and probas == [{"A": 0.9, "B": 0.1}] * 2
+    assert s.labelled_window(10, "2")[0] == ["X"]
+    assert s.labelled_window(10, "3") == ([], [], None)
