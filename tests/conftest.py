@@ -74,6 +74,14 @@ def pg(private_pg: PrivatePostgres) -> PrivatePostgres:
     return private_pg
 
 
+KINDS = ("unit", "app", "process", "e2e", "repo")  # the folders of tests/, each a marker (pyproject.toml)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``long`` first: with -n 2 their minutes overlap the rest of the suite instead of trailing it."""
+    """Each test is marked with its kind, its folder's name. Tests marked ``long`` run first: with -n 2 their
+    minutes overlap the rest of the suite instead of trailing it."""
+    for item in items:
+        kind = item.path.parent.name
+        if kind in KINDS:
+            item.add_marker(kind)
     items.sort(key=lambda item: 0 if item.get_closest_marker("long") else 1)

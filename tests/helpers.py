@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,12 @@ import httpx
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# One valid /predict record of the demo model.
+GOOD = {
+    "bill_length_mm": 39.1, "bill_depth_mm": 18.7, "flipper_length_mm": 181,
+    "body_mass_g": 3750, "island": "Torgersen", "sex": "male",
+}
 
 
 def free_port() -> int:
@@ -91,16 +99,12 @@ class LiveServer:
              "--port", str(self.port), "--workers", str(self.workers)],
             stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=self.config.parent,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"server did not answer within {timeout}s:\n{self.log()}")
+        try:
+            wait_http(f"{self.url}/healthz", self.proc, timeout, "exporter serve", self.log)
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
 
     def stop(self, timeout: float = 45) -> int | None:
         if self.proc is None:
@@ -138,13 +142,98 @@ def live_server(config: Path, env: dict[str, str] | None = None, workers: int = 
         server.stop()
 
 
-def wait_until(predicate: Any, timeout: float, interval: float = 0.25, what: str = "condition") -> Any:
-    """Poll ``predicate()`` until it is truthy (returning its value), failing after ``timeout`` seconds."""
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str = "condition",
+               details: Callable[[], str] | None = None, interval: float = 0.25) -> Any:
+    """Poll ``predicate()`` until it is truthy (returning its value), failing after ``timeout`` seconds with
+    ``what`` and, if given, ``details()`` (the logs of the processes involved)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s")
+            raise AssertionError(f"{what} not met within {timeout}s" + (f"\n{details()}" if details else ""))
         time.sleep(interval)
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float, name: str,
+              log: Callable[[], str] = lambda: "") -> None:
+    """Poll ``url`` until it answers 200: the one readiness loop of every server a test or benchmark starts. Fails
+    at once when ``proc`` exits, and after ``timeout`` seconds, with the end of ``log()``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log()[-4000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{name} did not answer {url} within {timeout}s:\n{log()[-4000:]}")
+
+def flush(client: Any) -> None:
+    """Wait until an in-process app's prediction log has written every queued row."""
+    log = client.app.state.prediction_log
+    wait_until(lambda: log.queued == 0, 10, interval=0.02, what="the prediction log to drain")
+
+
+def table_rows(client: Any) -> int:
+    return int(client.app.state.prediction_log.store.count())
+
+
+# Settings for a test about the request path, types or the log: no drift job to wait for, no HTML report, no
+# refits of the model for the reference rule. Merge into config_folder's changes (deep_update).
+NO_JOB: dict[str, Any] = {
+    "drift": {"interval_seconds": 3600, "report": False, "isolation": "thread"},
+    "reference": {"check_held_out": False},
+}
+
+
+def quiet(**changes: Any) -> dict[str, Any]:
+    """``changes`` over NO_JOB, for config_folder(demo_dir, dest, **quiet(...))."""
+    return deep_update(copy.deepcopy(NO_JOB), changes)
+
+
+@contextlib.contextmanager
+def app_client(config: Path, start_scheduler: bool = False, **overrides: Any) -> Iterator[Any]:
+    """The app of ``config`` in process (a TestClient runs its lifespan: writer thread, real database). Without
+    the scheduler, a test runs the drift job itself: ``client.app.state.job.tick()``."""
+    from fastapi.testclient import TestClient
+
+    from exporter.app import create_app
+    from exporter.config import load_settings
+
+    app = create_app(load_settings(config, **overrides), start_scheduler=start_scheduler)
+    with TestClient(app) as client:
+        yield client
+
+
+class InProcessServer:
+    """The app served by uvicorn over real HTTP on a loopback port, in a thread of the test's process: for clients
+    that need a URL (httpx, schemathesis) but no process of the service's own."""
+
+    def __init__(self, config: Path, start_scheduler: bool = False, **overrides: Any) -> None:
+        import uvicorn
+
+        from exporter.app import create_app
+        from exporter.config import load_settings
+
+        self.app = create_app(load_settings(config, **overrides), start_scheduler=start_scheduler)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    lifespan="on"))
+        self._thread = threading.Thread(target=self.server.run, name="in-process-server", daemon=True)
+
+    def __enter__(self) -> InProcessServer:
+        self._thread.start()
+        wait_until(lambda: self.server.started or not self._thread.is_alive(), 60, what="the server to start")
+        if not self.server.started:
+            raise RuntimeError("the in-process server did not start (see the test's log output)")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self._thread.join(60)
+
+    def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        return parse_metrics(httpx.get(f"{self.url}/metrics", timeout=10).text)

@@ -12,8 +12,7 @@ from fastapi.testclient import TestClient
 import exporter.drift as drift_module
 from exporter.app import create_app
 from exporter.config import load_settings
-from tests.helpers import config_folder, parse_metrics, sample
-from tests.test_api import GOOD, flush
+from tests.helpers import GOOD, config_folder, flush, parse_metrics, sample
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from exporter.demo import CATEGORICAL, NUMERICAL, Traffic
-from tests.e2e_stack import (
+from tests.e2e.stack import (
     ALERTMANAGER_BIN,
     ALERTMANAGER_YML,
     DRIFT_ALERTS,
@@ -42,10 +42,9 @@ from tests.e2e_stack import (
     running_stack,
     send,
     send_feedback,
-    wait_until,
 )
-from tests.helpers import config_folder, parse_metrics, sample
-from tests.test_grafana_dashboards import _VARIABLE_RE, iter_dashboard_queries, metric_names_in_expr, promql_of
+from tests.helpers import config_folder, parse_metrics, sample, wait_until
+from tests.repo.test_grafana_dashboards import _VARIABLE_RE, iter_dashboard_queries, metric_names_in_expr, promql_of
 
 pytestmark = pytest.mark.e2e
 
@@ -143,7 +142,7 @@ def test_a_stationary_traffic_raises_no_drift_alert(stack: Stack) -> None:
         and len(prom.query("model_feature_drift_detected == 0")) == len(FEATURES)
         and prom.query("model_dataset_drift_detected == 0")
         and prom.query("model_prediction_drift_detected == 0"),
-        30, "Prometheus did not scrape a drift run over the stationary window", stack,
+        30, "Prometheus did not scrape a drift run over the stationary window", stack.logs,
     )
     # Several evaluations: more than any drift alert's `for:` lasts, so a held flag would have fired by now.
     iterations = 'sum(prometheus_rule_group_iterations_total{rule_group=~".*;model-drift"})'
@@ -174,7 +173,8 @@ def test_b_shifted_feature_alert_reaches_the_webhook(stack: Stack) -> None:
         ]
 
     (alert, *_) = wait_until(
-        delivered, DRIFT_FOR_SECONDS + 45, f"ModelFeatureDrift{{feature={SHIFTED}}} never reached the webhook", stack
+        delivered, DRIFT_FOR_SECONDS + 45, f"ModelFeatureDrift{{feature={SHIFTED}}} never reached the webhook",
+        stack.logs,
     )
     others = {a["labels"].get("feature") for a in stack.sink.alerts("ModelFeatureDrift")} - {SHIFTED}
     assert not others, f"ModelFeatureDrift delivered for features that did not move: {sorted(others)}"

@@ -33,13 +33,13 @@ import yaml
 
 from exporter.cli import build_parser
 from exporter.config import load_settings
+from tests.helpers import ROOT
 
-REPO = Path(__file__).resolve().parent.parent
-CHART = REPO / "deploy" / "helm" / "model-drift-exporter"
+CHART = ROOT / "deploy" / "helm" / "model-drift-exporter"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 CASES = ["defaults", *(p.name for p in CI_VALUES)]
-RULE_FILES = sorted((REPO / "prometheus" / "rules").glob("*.yml"))
-DASHBOARD_FILES = sorted((REPO / "grafana" / "dashboards").glob("*.json"))
+RULE_FILES = sorted((ROOT / "prometheus" / "rules").glob("*.yml"))
+DASHBOARD_FILES = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
 RELEASE, NAMESPACE = "mde", "models"
 FULLNAME = f"{RELEASE}-model-drift-exporter"
 # The chart's kubeVersion floor and a recent release.
@@ -157,7 +157,7 @@ def test_every_object_is_in_the_release_namespace_and_labelled(case: str) -> Non
 
 def test_chart_app_version_is_the_package_version() -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert chart["appVersion"] == project["version"]
     assert container(render())["image"] == f"model-drift-exporter:{project['version']}"
 
@@ -190,7 +190,7 @@ def test_non_root_read_only_root_and_resources(case: str) -> None:
     docs = render(case)
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     c = container(docs)
-    uid = re.search(r"--uid (\d+)", (REPO / "Dockerfile").read_text())
+    uid = re.search(r"--uid (\d+)", (ROOT / "Dockerfile").read_text())
     assert uid is not None
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == int(uid.group(1))  # the image's user
@@ -258,7 +258,7 @@ def _parse_args(c: dict[str, Any]) -> Any:
 
 def _demo_config() -> str:
     """exporter.demo.CONFIG_TEMPLATE, read from the source: importing the module (scikit-learn) takes seconds."""
-    tree = ast.parse((REPO / "exporter" / "demo" / "__init__.py").read_text())
+    tree = ast.parse((ROOT / "exporter" / "demo" / "__init__.py").read_text())
     for node in tree.body:
         if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["CONFIG_TEMPLATE"]:
             return str(ast.literal_eval(node.value))
@@ -411,8 +411,8 @@ def test_service_monitor(case: str) -> None:
 def test_rules_and_dashboards_are_links_to_the_repository_files() -> None:
     """One source of truth: the chart reads prometheus/rules and grafana/dashboards through symlinks (helm follows
     them, and `helm package` stores the files they point at)."""
-    for link, target in ((CHART / "files" / "rules", REPO / "prometheus" / "rules"),
-                         (CHART / "files" / "dashboards", REPO / "grafana" / "dashboards")):
+    for link, target in ((CHART / "files" / "rules", ROOT / "prometheus" / "rules"),
+                         (CHART / "files" / "dashboards", ROOT / "grafana" / "dashboards")):
         assert link.is_symlink(), f"{link} should be a symlink to {target}"
         assert link.resolve() == target.resolve()
 
@@ -484,7 +484,7 @@ def _leaf_keys(values: dict[str, Any], prefix: str = "") -> list[str]:
 
 
 def test_readme_documents_every_value() -> None:
-    readme = (REPO / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     section = readme.split("\n## Kubernetes\n", 1)[1].split("\n## ", 1)[0]
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     missing = [k for k in _leaf_keys(values) if f"| `{k}` |" not in section]

@@ -27,8 +27,7 @@ from exporter.estimation import EstimateResult, MetricEstimate
 from exporter.quality import QualityResult
 from exporter.report import CachedReport
 from exporter.store import RunStore
-from tests.helpers import config_folder, parse_metrics, sample
-from tests.test_api import GOOD, flush
+from tests.helpers import GOOD, config_folder, flush, parse_metrics, sample
 
 
 @pytest.fixture

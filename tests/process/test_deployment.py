@@ -22,8 +22,7 @@ from exporter.locks import AdvisoryJobLock, FileJobLock, job_lock
 from exporter.quality import QualityResult
 from exporter.report import CachedReport, ColumnVerdict
 from exporter.store import RunStore
-from tests.helpers import LiveServer, config_folder, free_port, live_server, parse_metrics, sample, wait_until
-from tests.test_api import GOOD
+from tests.helpers import GOOD, LiveServer, config_folder, free_port, live_server, parse_metrics, sample, wait_until
 
 
 def test_file_lock_has_one_holder_until_released(tmp_path: Path) -> None:

@@ -26,8 +26,7 @@ from exporter.config import load_settings
 from exporter.db import Database
 from exporter.runners import JobError, WorkerRunner
 from exporter.startup import build
-from tests.helpers import config_folder, free_port, live_server, sample, terminate
-from tests.test_api import GOOD, flush
+from tests.helpers import GOOD, ROOT, config_folder, flush, free_port, live_server, sample, terminate
 
 # Root ignores file permissions through two capabilities; without them it is refused like any user. (The
 # interpreter lives under /root, which an unprivileged user such as nobody cannot reach.)
@@ -218,7 +217,7 @@ def test_start_logs_whether_authentication_is_on(demo_dir: Path, tmp_path: Path,
 
 
 def test_compose_and_readme_pass_no_empty_token() -> None:
-    root = Path(__file__).resolve().parent.parent
+    root = ROOT
     for name in ("docker-compose.yml", "README.md", "Dockerfile"):
         text = (root / name).read_text()
         for bad in ("EXPORTER_AUTH__TOKEN:", "EXPORTER_AUTH__TOKEN=\"\"", "EXPORTER_AUTH__TOKEN=''",

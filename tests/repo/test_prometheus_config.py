@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-PROM = REPO / "prometheus"
+from tests.helpers import ROOT
+
+PROM = ROOT / "prometheus"
 PROMETHEUS_YML = PROM / "prometheus.yml"
 ALERTMANAGER_YML = PROM / "alertmanager.yml"
 RULE_FILES = sorted((PROM / "rules").glob("*.yml"))
@@ -95,7 +96,7 @@ def _tool(name: str, package: str) -> str:
 
 
 def _run(cmd: list[str]) -> str:
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}:\n{output}"
     return output
@@ -318,7 +319,7 @@ def test_no_secrets_in_alertmanager_yml() -> None:
 
 def test_readme_has_a_runbook_section_per_alert() -> None:
     """runbook_url points at README.md#<alertname lower-cased>: the heading must exist."""
-    readme = REPO / "README.md"
+    readme = ROOT / "README.md"
     assert readme.exists(), "README.md missing (its 'Alert runbook' section is the target of every runbook_url)"
     headings = set(re.findall(r"^###\s+(\S+)\s*$", readme.read_text(), re.M))
     missing = [n for n in ALERT_NAMES if n not in headings]

@@ -85,7 +85,7 @@ def send(base_url: str, rows: int, seed: int, batch: int = 100) -> None:
 
 
 def drift_cli(config: Path) -> subprocess.CompletedProcess[str]:
-    """`exporter drift --config C` as tests/test_cli.py runs it (stdout not a TTY: a 160-column table)."""
+    """`exporter drift --config C` as tests/process/test_cli.py runs it (stdout not a TTY: a 160-column table)."""
     return subprocess.run([sys.executable, "-m", "exporter.cli", "drift", "--config", str(config)],
                           capture_output=True, text=True, timeout=180, cwd=config.parent)
 

@@ -18,7 +18,6 @@ import re
 import shutil
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,7 +28,7 @@ import httpx
 import pytest
 
 from exporter.demo import Traffic
-from tests.helpers import ROOT, LiveServer, free_port, sample, terminate
+from tests.helpers import ROOT, LiveServer, free_port, sample, terminate, wait_http, wait_until
 
 PROMETHEUS_DIR = ROOT / "prometheus"
 PROMETHEUS_YML = PROMETHEUS_DIR / "prometheus.yml"
@@ -42,7 +41,7 @@ ALERTMANAGER_BIN = ("/usr/bin/prometheus-alertmanager", "prometheus-alertmanager
 TIME_SCALE = 1 / 60  # production drift interval 60 s -> 1 s here; every `for:` and Alertmanager timer alike
 SCRAPE_INTERVAL = "1s"  # Prometheus scrape and rule evaluation interval in the test stack
 
-# Literals of the shipped files that name compose services (tests/test_prometheus_config.py pins them).
+# Literals of the shipped files that name compose services (tests/repo/test_prometheus_config.py pins them).
 APP_TARGET = '"app:8000"'
 ALERTMANAGER_TARGET = '"alertmanager:9093"'
 PROMETHEUS_SELF_TARGET = '"localhost:9090"'  # the self-scrape; 9090 on a test machine may be anyone's
@@ -221,16 +220,12 @@ class Daemon:
     def start(self, ready_path: str = "/-/ready", timeout: float = 60) -> Daemon:
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.log_path.parent)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + ready_path, timeout=1).status_code == 200:
-                    return self
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"{self.name} not ready within {timeout}s:\n{self.log()[-4000:]}")
+        try:
+            wait_http(self.url + ready_path, self.proc, timeout, self.name, self.log)
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
 
     def stop(self, timeout: float = 15) -> None:
         if self.proc is None:
@@ -340,26 +335,13 @@ def monitoring(apps: list[LiveServer], workdir: Path) -> Iterator[Stack]:
             lambda: any(
                 am["url"].startswith(alertmanager.url) for am in prometheus.api("alertmanagers")["activeAlertmanagers"]
             ),
-            30, "Prometheus did not discover Alertmanager", result,
+            30, "Prometheus did not discover Alertmanager", result.logs,
         )
         wait_until(
             lambda: len(prometheus.query('up{job="exporter"} == 1')) == len(apps), 30,
-            "Prometheus does not scrape every app", result,
+            "Prometheus does not scrape every app", result.logs,
         )
         yield result
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, message: str, stack: Stack | None = None,
-               interval: float = 0.5) -> Any:
-    """Poll ``predicate`` until truthy (returned) or ``timeout`` seconds: then fail with ``message`` and logs."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{message} (waited {timeout}s)" + (f"\n{stack.logs()}" if stack else ""))
-        time.sleep(interval)
 
 
 # ---------------------------------------------------------------------------------------------------------------

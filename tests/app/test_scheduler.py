@@ -12,8 +12,7 @@ from exporter.app import create_app
 from exporter.config import load_settings
 from exporter.scheduler import DriftScheduler
 from exporter.stattests import evidently_stattests
-from tests.helpers import config_folder
-from tests.test_api import GOOD
+from tests.helpers import GOOD, config_folder
 
 
 def test_slow_job_never_overlaps_and_predict_keeps_answering(demo_dir: Path, tmp_path: Path) -> None:

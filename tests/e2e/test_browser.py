@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from exporter.demo import CATEGORICAL, NUMERICAL, Traffic
-from tests.e2e_stack import drift_run_after_rows_written, require_binary, send
+from tests.e2e.stack import drift_run_after_rows_written, require_binary, send
 from tests.helpers import config_folder, live_server, sample
 
 pytestmark = pytest.mark.e2e

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,12 +10,7 @@ from fastapi.testclient import TestClient
 
 from exporter.app import create_app
 from exporter.config import load_settings
-from tests.helpers import config_folder, parse_metrics, sample
-
-GOOD = {
-    "bill_length_mm": 39.1, "bill_depth_mm": 18.7, "flipper_length_mm": 181,
-    "body_mass_g": 3750, "island": "Torgersen", "sex": "male",
-}
+from tests.helpers import GOOD, config_folder, flush, parse_metrics, sample, table_rows
 
 
 @pytest.fixture
@@ -25,18 +19,6 @@ def client(demo_dir: Path, tmp_path: Path) -> Iterator[TestClient]:
     app = create_app(load_settings(config), start_scheduler=False)
     with TestClient(app) as c:
         yield c
-
-
-def flush(client: TestClient) -> None:
-    log = client.app.state.prediction_log  # type: ignore[attr-defined]
-    deadline = time.monotonic() + 10
-    while log.queued and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert log.queued == 0
-
-
-def table_rows(client: TestClient) -> int:
-    return int(client.app.state.prediction_log.store.count())  # type: ignore[attr-defined]
 
 
 def test_predict_classification_with_probabilities(client: TestClient) -> None:

@@ -26,9 +26,8 @@ from sqlalchemy import create_engine, func, select
 
 from exporter.db import predictions_table, runs_table
 from exporter.demo import Traffic
-from tests.helpers import LiveServer, config_folder, live_server, sample, wait_until
+from tests.helpers import GOOD, LiveServer, config_folder, live_server, sample, wait_until
 from tests.pg_private import PrivatePostgres
-from tests.test_api import GOOD
 
 GRACEFUL_TIMEOUT = 30.0  # uvicorn's timeout_graceful_shutdown in `exporter serve`
 OUTAGE_SECONDS = 30.0  # the "about 30 s" database outage

@@ -12,8 +12,7 @@ from fastapi.testclient import TestClient
 
 from exporter.app import create_app
 from exporter.config import load_settings
-from tests.helpers import config_folder, live_server, sample
-from tests.test_api import GOOD, flush, table_rows
+from tests.helpers import GOOD, config_folder, flush, live_server, sample, table_rows
 
 
 @pytest.fixture

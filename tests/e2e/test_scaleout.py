@@ -23,8 +23,8 @@ from sqlalchemy.engine import Engine
 
 from exporter.db import predictions_table, runs_table
 from exporter.demo import Traffic
-from tests.e2e_stack import DRIFT_ALERTS, Stack, monitoring, send, wait_until
-from tests.helpers import LiveServer, config_folder, parse_metrics, sample
+from tests.e2e.stack import DRIFT_ALERTS, Stack, monitoring, send
+from tests.helpers import LiveServer, config_folder, parse_metrics, sample, wait_until
 
 # seconds between drift runs (a run here also builds the report and the estimates);
 # the alerts' `for:` is scaled to 2 s in the test stack
@@ -115,7 +115,7 @@ def test_two_replicas_of_two_workers_are_one_deployment(deployment: tuple[Stack,
         thread.join(timeout=180)
     assert not any(t.is_alive() for t in threads) and not failures, failures[:5]
     total = 2 * ROWS_PER_REPLICA
-    wait_until(lambda: _count(engine, predictions_table) == total, 60, "every answered row written", stack)
+    wait_until(lambda: _count(engine, predictions_table) == total, 60, "every answered row written", stack.logs)
 
     # -- each replica's counters: the sum over its workers, the same on every scrape ----------------------------
     time.sleep(1.5)  # the other worker's counts reach the shared files within 0.5 s
@@ -129,7 +129,7 @@ def test_two_replicas_of_two_workers_are_one_deployment(deployment: tuple[Stack,
             assert http.get("/predict") == THREADS * SINGLES and http.get("/predict/batch") == THREADS * BATCHES
     # Prometheus sees two instances whose sum is the deployment's.
     wait_until(lambda: prom.query(f'sum(model_predictions_total{{job="exporter"}}) == {total}'), 30,
-               f"Prometheus sums {total} predictions over the replicas", stack)
+               f"Prometheus sums {total} predictions over the replicas", stack.logs)
     assert len(prom.query('model_predictions_total{job="exporter"}')) == 2
 
     # -- one run per interval, never two at once -----------------------------------------------------------------
@@ -149,7 +149,7 @@ def test_two_replicas_of_two_workers_are_one_deployment(deployment: tuple[Stack,
     # -- every process serves the same run -----------------------------------------------------------------------
     for _attempt in range(3):
         run = _newest(engine)
-        wait_until(lambda run=run: _newest(engine) > run, 3 * INTERVAL, "a new stored run", stack)
+        wait_until(lambda run=run: _newest(engine) > run, 3 * INTERVAL, "a new stored run", stack.logs)
         run = _newest(engine)
         time.sleep(1.3)  # a process looks for a newer stored run at most once a second
         answers = [_served(replicas[i % 2], page=i < 6) for i in range(20)]  # the report page: 3 per replica
@@ -172,11 +172,11 @@ def test_two_replicas_of_two_workers_are_one_deployment(deployment: tuple[Stack,
         return [a for a in prom.alerts("ModelFeatureDrift") if a["state"] == "firing"]
 
     wait_until(lambda: any(a["labels"].get("feature") == SHIFTED for a in firing()), 60,
-               f"ModelFeatureDrift for {SHIFTED} firing", stack)
+               f"ModelFeatureDrift for {SHIFTED} firing", stack.logs)
     alerts = firing()
     assert all("instance" not in a["labels"] for a in alerts), alerts
     assert len(alerts) == len({a["labels"]["feature"] for a in alerts}), alerts  # one per feature
     wait_until(lambda: [a for a in stack.sink.alerts("ModelFeatureDrift") if a["labels"].get("feature") == SHIFTED],
-               60, "the alert delivered", stack)
+               60, "the alert delivered", stack.logs)
     delivered = {a["fingerprint"] for a in stack.sink.alerts(*DRIFT_ALERTS) if a["labels"].get("feature") == SHIFTED}
     assert len(delivered) == 1, delivered
