@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import platform
-import socket
 import statistics
 import sys
 import time
@@ -18,17 +17,14 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+# The helpers the tests and the benchmarks share live in tests/helpers.py.
+from tests.helpers import deep_update
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = Path(__file__).resolve().parent
 
 
 # -- small helpers -------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100) of ``values``; NaN when empty."""
     if not values:
@@ -249,17 +245,9 @@ def demo_config(dest: Path, **changes: Any) -> Path:
 
     config = write_demo(dest)
     data = yaml.safe_load(config.read_text())
-    _deep_update(data, changes)
+    deep_update(data, changes)
     config.write_text(yaml.safe_dump(data, sort_keys=False))
     return config
-
-
-def _deep_update(base: dict[str, Any], changes: dict[str, Any]) -> None:
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_update(base[key], value)
-        else:
-            base[key] = value
 
 
 def demo_records(n: int = 333, seed: int = 0) -> list[dict[str, Any]]:

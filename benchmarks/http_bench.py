@@ -23,7 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import ROOT, demo_config, demo_records, fill_drift_window, free_port, median
+from benchmarks.common import ROOT, demo_config, demo_records, fill_drift_window, median
+from tests.helpers import free_port, wait_http
 
 
 class Server:
@@ -45,18 +46,9 @@ class Server:
         return self
 
     def wait_ready(self, timeout: float = 180) -> None:
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.variant} server exited: {self.log_path.read_text()[-2000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.3)
-        raise RuntimeError(f"{self.variant} server not ready within {timeout}s: {self.log_path.read_text()[-2000:]}")
+        assert self.proc is not None
+        wait_http(f"http://127.0.0.1:{self.port}/healthz", self.proc, timeout, f"{self.variant} server",
+                  lambda: self.log_path.read_text(errors="replace"))
 
     def metrics(self) -> dict[str, float]:
         import httpx
