@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
+import pandas as pd
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,7 +96,7 @@ class LiveServer:
         self.log_path = config.parent / f"server-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 60) -> LiveServer:
+    def start(self, timeout: float = 60, retries: int = 2) -> LiveServer:
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "exporter.cli", "serve", "--config", str(self.config), "--host", "127.0.0.1",
@@ -101,8 +105,18 @@ class LiveServer:
         )
         try:
             wait_http(f"{self.url}/healthz", self.proc, timeout, "exporter serve", self.log)
+            # Another test's server may have taken the same free port first and answered: only this process's
+            # own "running on" line says the answer was its own.
+            wait_until(lambda: f"127.0.0.1:{self.port}" in self.log() or self.proc.poll() is not None, timeout,
+                       what="this server's own start", details=self.log)
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"exporter serve exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
         except RuntimeError:
             self.stop()
+            if "address already in use" in self.log().lower() and retries > 0:
+                self.port = free_port()
+                self.url = f"http://127.0.0.1:{self.port}"
+                return self.start(timeout, retries - 1)
             raise
         return self
 
@@ -237,3 +251,83 @@ class InProcessServer:
 
     def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         return parse_metrics(httpx.get(f"{self.url}/metrics", timeout=10).text)
+
+
+def drift_run(client: Any) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """One drift run of an in-process app over every row sent so far (the log written first); the metrics it
+    published."""
+    flush(client)
+    job = client.app.state.job
+    job.tick()
+    assert job.published.stats.last_error is None, job.published.stats.last_error
+    return parse_metrics(client.get("/metrics").text)
+
+
+# -- a small population with coded categories (integer grades, a boolean flag), for the feature-type tests ----------
+# No scheduler runs where it is used in process (app_client): a test that needs a run ticks the job itself.
+DRIFT = "drift: {window_size: 1000, min_rows: 50, interval_seconds: 1, report: false, isolation: thread}"
+
+
+def population(n: int, seed: int, gaps: bool = False) -> pd.DataFrame:
+    """x ~ N(0, 1); grade in 1..3 and flag boolean drive the label; with ``gaps``, 5 % of grades are missing."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    grade = rng.integers(1, 4, size=n)
+    flag = rng.random(n) < 0.4
+    logit = 1.5 * (grade == 3) - 1.0 * (grade == 1) + 1.2 * flag + 0.5 * x
+    label = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+    frame = pd.DataFrame({"x": x, "grade": grade.astype(float), "flag": flag, "label": label.astype(float)})
+    if gaps:
+        frame.loc[rng.random(n) < 0.05, "grade"] = np.nan
+        frame.loc[rng.random(n) < 0.02, "label"] = np.nan  # a few reference rows without a label
+    else:
+        frame["grade"] = frame["grade"].astype(int)
+        frame["label"] = frame["label"].astype(int)
+    return frame
+
+
+def write_config(folder: Path, extra: str = "", categorical: str = "[grade, flag]", target: str = "label",
+                 nullable: str = "[]") -> Path:
+    config = folder / "config.yaml"
+    config.write_text(textwrap.dedent(f"""\
+        model: {{path: model.joblib, name: coded, version: "1"}}
+        reference: {{path: ref.csv, check_held_out: false}}
+        features: {{numerical: [x], categorical: {categorical}, nullable: {nullable}}}
+        target: {target}
+        database_url: sqlite:///log.db
+        {DRIFT}
+    """) + extra)
+    return config
+
+
+# -- traffic and tables ------------------------------------------------------------------------------------------
+def mixed_records(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Demo traffic of several scenarios (missing values, unseen categories, shifts), with extra random nulls in
+    the nullable features, so that one request's column is all null while a batch-mate's is not."""
+    from exporter.demo import Traffic
+
+    out: list[dict[str, Any]] = []
+    for scenario in ("none", "missing", "categories", "shift"):
+        out += Traffic(scenario, seed=seed).records(n // 4)[0]
+    rng = random.Random(seed)
+    for r in out:
+        for name in ("sex", "bill_depth_mm"):
+            if rng.random() < 0.2:
+                r[name] = None
+    rng.shuffle(out)
+    return out
+
+
+def labels_in_table(database_url: str) -> dict[str, str | None]:
+    """request_id -> the stored label (JSON text, or None), read from the table itself."""
+    from sqlalchemy import create_engine, select
+
+    from exporter.db import predictions_table
+
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            t = predictions_table.c
+            return {r.request_id: r.label for r in conn.execute(select(t.request_id, t.label))}
+    finally:
+        engine.dispose()

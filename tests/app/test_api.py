@@ -8,16 +8,22 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from exporter.app import create_app
-from exporter.config import load_settings
-from tests.helpers import GOOD, config_folder, flush, parse_metrics, sample, table_rows
+from tests.helpers import GOOD, app_client, config_folder, flush, parse_metrics, quiet, sample, table_rows
 
 
 @pytest.fixture
 def client(demo_dir: Path, tmp_path: Path) -> Iterator[TestClient]:
-    config = config_folder(demo_dir, tmp_path, drift={"interval_seconds": 3600, "min_rows": 5})
-    app = create_app(load_settings(config), start_scheduler=False)
-    with TestClient(app) as c:
+    """The demo app without a scheduler (a test runs the drift job itself), a report or reference-rule refits."""
+    config = config_folder(demo_dir, tmp_path, **quiet(drift={"min_rows": 5}))
+    with app_client(config) as c:
+        yield c
+
+
+@pytest.fixture
+def reporting_client(demo_dir: Path, tmp_path: Path) -> Iterator[TestClient]:
+    """The same, building the HTML report that /monitoring serves."""
+    config = config_folder(demo_dir, tmp_path, **quiet(drift={"min_rows": 5, "report": True}))
+    with app_client(config) as c:
         yield c
 
 
@@ -107,7 +113,8 @@ def test_metrics_info_http_and_no_drift_before_first_run(client: TestClient) -> 
     assert sample(metrics, "model_drift_job_last_success_timestamp_seconds") == 0
 
 
-def test_drift_run_publishes_and_monitoring_serves_gzip_report(client: TestClient) -> None:
+def test_drift_run_publishes_and_monitoring_serves_gzip_report(reporting_client: TestClient) -> None:
+    client = reporting_client
     page = client.get("/monitoring")
     assert page.status_code == 200 and "No drift report yet" in page.text
     client.post("/predict/batch", json={"records": [GOOD] * 20})
@@ -117,9 +124,14 @@ def test_drift_run_publishes_and_monitoring_serves_gzip_report(client: TestClien
     assert sample(metrics, "model_drift_window_rows") == 20
     assert sample(metrics, "model_drift_job_runs_total") == 1
     assert sample(metrics, "model_drift_job_failures_total") == 0
-    assert sample(metrics, "model_feature_drift_detected", feature="bill_length_mm") in (0.0, 1.0)
     drift = client.get("/drift").json()
     assert drift["result"]["window_rows"] == 20
+    # 20 copies of one record: bill_length_mm is 39.1 in every row, a point mass where the 333 reference rows spread
+    # from 32 to 60 mm. The K-S distance to the reference is about 0.8, a p-value far below any threshold: drifted,
+    # in the gauge and in /drift alike.
+    bill_length = drift["result"]["features"]["bill_length_mm"]
+    assert bill_length["stat_test"] == "ks" and bill_length["detected"] is True, bill_length
+    assert sample(metrics, "model_feature_drift_detected", feature="bill_length_mm") == 1.0
     assert drift["result"]["features"]["island"]["stat_test"]
     mv = drift["result"]["multivariate"]
     assert mv["method"] == "pca_reconstruction" and mv["rows"] == 20

@@ -8,7 +8,6 @@ import contextvars
 import json
 import random
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,12 +22,11 @@ from exporter.app import create_app
 from exporter.batching import Batcher, predict_gathered
 from exporter.config import load_settings
 from exporter.db import Database
-from exporter.demo import Traffic
 from exporter.prediction_log import PredictionLog
 from exporter.service import CallObserver, PredictionError, PredictionService
 from exporter.startup import build
 from exporter.store import PredictionStore
-from tests.helpers import config_folder, live_server, parse_metrics, sample
+from tests.helpers import NO_JOB, InProcessServer, config_folder, flush, mixed_records, parse_metrics, sample
 
 POISON = 4242.0  # a body mass the wrapped model refuses (as a pipeline refuses what it cannot transform)
 
@@ -55,24 +53,9 @@ class Refusing:
         return self.inner.predict_proba(X)
 
 
-def records(n: int, seed: int = 0) -> list[dict[str, Any]]:
-    """Demo traffic of several scenarios (missing values, unseen categories, shifts), with extra random nulls in
-    the nullable features, so that one request's column is all null while a batch-mate's is not."""
-    out: list[dict[str, Any]] = []
-    for scenario in ("none", "missing", "categories", "shift"):
-        out += Traffic(scenario, seed=seed).records(n // 4)[0]
-    rng = random.Random(seed)
-    for r in out:
-        for name in ("sex", "bill_depth_mm"):
-            if rng.random() < 0.2:
-                r[name] = None
-    rng.shuffle(out)
-    return out
-
-
 @pytest.fixture
 def config(demo_dir: Path, tmp_path: Path) -> Path:
-    return config_folder(demo_dir, tmp_path, drift={"interval_seconds": 3600})
+    return config_folder(demo_dir, tmp_path, **NO_JOB)
 
 
 @contextlib.contextmanager
@@ -109,7 +92,7 @@ def test_gathered_rows_reach_the_model_as_alone_and_get_the_same_predictions(ser
     last bit of a probability can differ, as between /predict and /predict/batch without batching)."""
     model = service.model
     transform = model.estimator[:-1].transform
-    rows = records(600)
+    rows = mixed_records(600)
     alone = [model.predict([r]) for r in rows]
     alone_x = [transform(model.frame([r])) for r in rows]
     rng = random.Random(1)
@@ -129,7 +112,7 @@ def test_gathered_rows_reach_the_model_as_alone_and_get_the_same_predictions(ser
 
 
 def test_predict_gathered_splits_answers_per_request(service: PredictionService) -> None:
-    rows = records(200, seed=3)
+    rows = mixed_records(200, seed=3)
     requests = list(chunks(rows, random.Random(2), largest=5))
     outcomes = predict_gathered(service, requests)
     answers = [a for outcome in outcomes for a in outcome]  # type: ignore[union-attr]
@@ -141,7 +124,7 @@ def test_predict_gathered_splits_answers_per_request(service: PredictionService)
 
 def test_a_model_refusal_fails_only_the_culprit(service: PredictionService) -> None:
     service.model.estimator = Refusing(service.model.estimator)
-    rows = records(40, seed=4)
+    rows = mixed_records(40, seed=4)
     rows[7]["body_mass_g"] = POISON
     requests = [[r] for r in rows[:20]] + [rows[20:30]] + [[r] for r in rows[30:]]
     outcomes = predict_gathered(service, requests)
@@ -159,7 +142,7 @@ def test_an_unexpected_model_error_reaches_only_its_request(service: PredictionS
     """Not a refusal (a bug in a custom estimator): the request that raises it alone gets it (a 500, as without
     batching); its batch-mates are answered."""
     service.model.estimator = Refusing(service.model.estimator, RuntimeError)
-    rows = records(10, seed=12)
+    rows = mixed_records(10, seed=12)
     rows[2]["body_mass_g"] = POISON
     outcomes = predict_gathered(service, [[r] for r in rows])
     assert [type(o).__name__ for o in outcomes if not isinstance(o, list)] == ["RuntimeError"]
@@ -178,7 +161,7 @@ def test_a_non_finite_output_fails_only_its_request(service: PredictionService) 
         return out
 
     service.model.predict = predict  # type: ignore[method-assign]
-    rows = records(12, seed=5)
+    rows = mixed_records(12, seed=5)
     rows[3]["body_mass_g"] = POISON
     outcomes = predict_gathered(service, [[r] for r in rows])
     assert [i for i, o in enumerate(outcomes) if isinstance(o, PredictionError)] == [3]
@@ -215,7 +198,7 @@ def test_batcher_gathers_queued_requests_under_the_row_cap(config: Path) -> None
         batcher = Batcher(service, max_batch_size=8, max_wait_ms=0)
         batcher.start()
         try:
-            rows = records(40, seed=6)
+            rows = mixed_records(40, seed=6)
             sizes = [1, 1, 3, 1, 5, 1, 1, 2, 10, 1]  # 10 rows: larger than the cap, goes alone
             requests, i = [], 0
             for n in sizes:
@@ -233,27 +216,96 @@ def test_batcher_gathers_queued_requests_under_the_row_cap(config: Path) -> None
     assert sum(calls) == sum(sizes)
 
 
-def test_a_lone_request_does_not_wait(service: PredictionService) -> None:
-    async def main() -> float:
-        batcher = Batcher(service, max_batch_size=64, max_wait_ms=50)
+class Held:
+    """Wraps the demo pipeline: a call says the model was entered, then holds until released."""
+
+    def __init__(self, estimator: Any) -> None:
+        self.inner = estimator
+        self.classes_ = estimator.classes_
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def _hold(self) -> None:
+        self.entered.set()
+        self.release.wait(DEADLINE)
+
+    def predict(self, X: Any) -> Any:
+        self._hold()
+        return self.inner.predict(X)
+
+    def predict_proba(self, X: Any) -> Any:
+        self._hold()
+        return self.inner.predict_proba(X)
+
+
+WAIT_MS = 3_600_000  # max_wait_ms of an hour: a batcher that waited for it would hold the test until its deadline
+DEADLINE = 60.0  # seconds: the waits of these tests, far below WAIT_MS
+
+
+def test_a_lone_request_does_not_wait(config: Path) -> None:
+    """max_wait_ms is the longest wait for requests known to be arriving; a lone request never waits for it. Its
+    row reaches the model while no other request exists (the model holds it there), and a request sent only then
+    goes to a call of its own. A batcher that waited would keep the lone row out of the model for an hour (the
+    test fails at its deadline, a minute) or gather the second request with it (one call of 2 rows)."""
+    observed = Calls()
+
+    async def main(service: PredictionService) -> tuple[bool, list[Any]]:
+        held = Held(service.model.estimator)
+        service.model.estimator = held
+        batcher = Batcher(service, max_batch_size=64, max_wait_ms=WAIT_MS)
         batcher.start()
         try:
-            record = records(4)[0]
-            await batcher.predict([record])  # warm
-            t0 = time.perf_counter()
-            await batcher.predict([record])
-            return time.perf_counter() - t0
+            first, second = mixed_records(8, seed=14)[:2]
+            lone = asyncio.create_task(batcher.predict([first]))
+            if not await asyncio.to_thread(held.entered.wait, DEADLINE):
+                return False, []  # the batcher kept the lone row: stopping it ends the wait
+            later = asyncio.create_task(batcher.predict([second]))
+            await asyncio.sleep(0)  # the later request is queued while the lone call is in the model
+            held.release.set()
+            return True, list(await asyncio.wait_for(asyncio.gather(lone, later), DEADLINE))
+        finally:
+            held.release.set()
+            await batcher.stop()
+
+    with request_side(config, model_calls=observed) as service:
+        entered, answers = asyncio.run(main(service))
+    assert entered, "the lone request's row did not reach the model: the batcher waited for max_wait_ms"
+    assert observed.rows == [1, 1]
+    assert [len(a) for a in answers] == [1, 1] and answers[0][0]["request_id"] != answers[1][0]["request_id"]
+
+
+def test_a_request_known_to_be_arriving_is_waited_for(config: Path) -> None:
+    """The other side of the rule, so that the test above can fail: while another request is being read (counted
+    in ``arriving``, as ArrivalCounter counts it), the batcher waits for it and gathers it into the same call."""
+    observed = Calls()
+
+    async def main(service: PredictionService) -> list[Any]:
+        batcher = Batcher(service, max_batch_size=64, max_wait_ms=WAIT_MS)
+        batcher.start()
+        try:
+            first, second = mixed_records(8, seed=15)[:2]
+            batcher.arriving += 1  # the second request's body is being read
+            lone = asyncio.create_task(batcher.predict([first]))
+            for _ in range(20):  # the batcher takes the first request and waits for the second
+                await asyncio.sleep(0)
+            assert not lone.done() and observed.rows == []
+            batcher.arriving -= 1  # validated: Batcher.predict takes it off ``arriving`` as it queues it
+            later = asyncio.create_task(batcher.predict([second]))
+            return list(await asyncio.wait_for(asyncio.gather(lone, later), DEADLINE))
         finally:
             await batcher.stop()
 
-    assert asyncio.run(main()) < 0.04  # max_wait_ms is 50: a lone request never waits for it
+    with request_side(config, model_calls=observed) as service:
+        answers = asyncio.run(main(service))
+    assert observed.rows == [2]
+    assert [len(a) for a in answers] == [1, 1]
 
 
 @pytest.mark.parametrize("max_batch_size", [64, 1])
 def test_routes_in_process(config: Path, max_batch_size: int) -> None:
     """Both paths: bad record 422 without reaching the model, batch answers, one row logged per answer."""
     app = create_app(load_settings(config, batching={"max_batch_size": max_batch_size}), start_scheduler=False)
-    rows = records(40, seed=7)
+    rows = mixed_records(40, seed=7)
     with TestClient(app) as client:
         service, log = app.state.service, app.state.prediction_log
         assert client.post("/predict", json={**rows[0], "body_mass_g": "heavy"}).status_code == 422
@@ -262,9 +314,8 @@ def test_routes_in_process(config: Path, max_batch_size: int) -> None:
         got = [a["prediction"] for a in answers + batch]
         assert got == service.model.predict(rows).values
         assert len({a["request_id"] for a in answers + batch}) == len(rows)
-        deadline = time.monotonic() + 10
-        while log.written < len(rows) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        flush(client)
+        assert log.written == len(rows)
         assert log.store.count() == len(rows)
         metrics = parse_metrics(client.get("/metrics").text)
         assert sample(metrics, "model_batch_rows_sum") == len(rows)
@@ -274,7 +325,7 @@ def test_routes_in_process(config: Path, max_batch_size: int) -> None:
 def test_concurrent_culprit_in_process(config: Path) -> None:
     """A refused record among concurrent good requests: only its request is 422 and counted."""
     app = create_app(load_settings(config), start_scheduler=False)
-    rows = records(64, seed=8)
+    rows = mixed_records(64, seed=8)
     with TestClient(app) as client:
         service = app.state.service
         service.model.estimator = Refusing(service.model.estimator)
@@ -286,12 +337,13 @@ def test_concurrent_culprit_in_process(config: Path) -> None:
         assert service.prediction_errors == 1 and service.predictions_total == len(rows) - 1
 
 
-def test_live_server_gathers_concurrent_requests_and_logs_each(config: Path, tmp_path: Path) -> None:
-    """A real uvicorn server under 16 concurrent clients: model calls of several rows, every answer its own
-    request_id and its own row in the table, bad records 422 without harming their batch-mates."""
-    rows = records(800, seed=9)
+def test_in_process_server_gathers_concurrent_requests_and_logs_each(config: Path) -> None:
+    """A real uvicorn server (in a thread of this process) under 16 concurrent clients: model calls of several
+    rows, every answer its own request_id and its own row in the table, bad records 422 without harming their
+    batch-mates."""
+    rows = mixed_records(800, seed=9)
     bad = {**rows[0], "island": 7}
-    with live_server(config) as server:
+    with InProcessServer(config) as server:
         base = f"http://127.0.0.1:{server.port}"
         answered: list[dict[str, Any]] = []
         codes: list[int] = []
@@ -313,9 +365,9 @@ def test_live_server_gathers_concurrent_requests_and_logs_each(config: Path, tmp
             t.join(120)
         assert set(codes) == {200, 422} and codes.count(422) == 16
         assert len({a["request_id"] for a in answered}) == len(answered) == len(rows) - 16
-        metrics = server.wait_for(
-            lambda m: m if sample(m, "model_prediction_log_written_total") == len(answered) else None, timeout=30
-        )
+        flush(server)
+        metrics = server.metrics()
+        assert sample(metrics, "model_prediction_log_written_total") == len(answered)
         calls = sample(metrics, "model_batch_rows_count")
         gathered = calls - (sample(metrics, "model_batch_rows_bucket", le="1.0") or 0)
         assert gathered > 0, "no model call gathered more than one request"
@@ -329,28 +381,6 @@ def test_live_server_gathers_concurrent_requests_and_logs_each(config: Path, tmp
         stored = sorted(r[0] for r in conn.execute(text("SELECT request_id FROM predictions")))
     engine.dispose()
     assert json.dumps(stored) == ids
-
-
-def test_histograms_summed_over_workers(config: Path) -> None:
-    """--workers 2 (multiprocess mode): every scrape, whichever worker answers, counts every row once."""
-    rows = records(200, seed=10)
-    with live_server(config, workers=2) as server:
-
-        def client(part: list[dict[str, Any]]) -> None:
-            with httpx.Client(base_url=server.url, timeout=30) as http:
-                for r in part:
-                    assert http.post("/predict", json=r).status_code == 200
-
-        threads = [threading.Thread(target=client, args=(rows[i::8],)) for i in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
-        server.wait_for(lambda m: sample(m, "model_batch_rows_sum") == len(rows), timeout=30)
-        for _ in range(6):  # scrapes land on either worker
-            m = server.metrics()
-            assert sample(m, "model_batch_rows_sum") == len(rows)
-            assert sample(m, "model_inference_duration_seconds_count") == sample(m, "model_batch_rows_count")
 
 
 def test_each_request_is_logged_in_its_own_context(config: Path) -> None:
@@ -368,20 +398,20 @@ def test_each_request_is_logged_in_its_own_context(config: Path) -> None:
         batcher = Batcher(service, max_batch_size=64, max_wait_ms=0)
         batcher.start()
         try:
-            rows = records(20, seed=11)
+            rows = mixed_records(20, seed=11)
             await asyncio.gather(*(one(batcher, f"r{i}", rows[i:i + 1 + i % 3]) for i in range(8)))
         finally:
             await batcher.stop()
 
     with request_side(config, log=log) as service:
         asyncio.run(main(service))
-    assert sorted(seen) == sorted((f"r{i}", len(records(20, seed=11)[i:i + 1 + i % 3])) for i in range(8))
+    assert sorted(seen) == sorted((f"r{i}", len(mixed_records(20, seed=11)[i:i + 1 + i % 3])) for i in range(8))
 
 
 def test_routes_answer_the_same_with_batching_on_and_off(config: Path) -> None:
     """The same records, sent by 16 concurrent clients to an app with batching on and one by one to an app with
     batching off: the same predictions, the probabilities to floating-point rounding."""
-    rows = records(240, seed=13)
+    rows = mixed_records(240, seed=13)
     answers: dict[int, list[dict[str, Any]]] = {}
     for size in (64, 1):
         app = create_app(load_settings(config, batching={"max_batch_size": size}), start_scheduler=False)

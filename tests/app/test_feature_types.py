@@ -1,16 +1,15 @@
 """What the model receives: category codes of every type, nulls, codes with gaps, the start-up guard, model
 versions. Pipelines are trained on the reference as pandas reads it, as a user trains them, and the service's
-answers are held against the model's own on the same rows."""
+answers are held against the model's own on the same rows. The app runs in process; a test that needs a drift
+run ticks the job once its rows are written. (The refusal to start of a model that does not fit the columns is
+about the CLI's exit: tests/process/test_startup_errors.py.)"""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
+import logging
 from pathlib import Path
 from typing import Any
 
-import httpx
 import joblib
 import numpy as np
 import pandas as pd
@@ -23,27 +22,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder
 
 from exporter.demo import CATEGORICAL, NUMERICAL, Traffic
-from tests.helpers import config_folder, live_server, sample
-
-DRIFT = "drift: {window_size: 1000, min_rows: 50, interval_seconds: 1, report: false}"
-
-
-def population(n: int, seed: int, gaps: bool = False) -> pd.DataFrame:
-    """x ~ N(0, 1); grade in 1..3 and flag boolean drive the label; with ``gaps``, 5 % of grades are missing."""
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=n)
-    grade = rng.integers(1, 4, size=n)
-    flag = rng.random(n) < 0.4
-    logit = 1.5 * (grade == 3) - 1.0 * (grade == 1) + 1.2 * flag + 0.5 * x
-    label = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
-    frame = pd.DataFrame({"x": x, "grade": grade.astype(float), "flag": flag, "label": label.astype(float)})
-    if gaps:
-        frame.loc[rng.random(n) < 0.05, "grade"] = np.nan
-        frame.loc[rng.random(n) < 0.02, "label"] = np.nan  # a few reference rows without a label
-    else:
-        frame["grade"] = frame["grade"].astype(int)
-        frame["label"] = frame["label"].astype(int)
-    return frame
+from tests.helpers import app_client, config_folder, drift_run, parse_metrics, population, quiet, sample, write_config
 
 
 def coded_pipeline(categorical: list[str], impute: bool = False) -> Pipeline:
@@ -52,20 +31,6 @@ def coded_pipeline(categorical: list[str], impute: bool = False) -> Pipeline:
         steps.insert(0, SimpleImputer(strategy="most_frequent"))
     pre = ColumnTransformer([("num", "passthrough", ["x"]), ("cat", make_pipeline(*steps), categorical)])
     return Pipeline([("pre", pre), ("clf", LogisticRegression(max_iter=1000))])
-
-
-def write_config(folder: Path, extra: str = "", categorical: str = "[grade, flag]", target: str = "label",
-                 nullable: str = "[]") -> Path:
-    config = folder / "config.yaml"
-    config.write_text(textwrap.dedent(f"""\
-        model: {{path: model.joblib, name: coded, version: "1"}}
-        reference: {{path: ref.csv}}
-        features: {{numerical: [x], categorical: {categorical}, nullable: {nullable}}}
-        target: {target}
-        database_url: sqlite:///log.db
-        {DRIFT}
-    """) + extra)
-    return config
 
 
 def records_of(frame: pd.DataFrame, columns: list[str]) -> list[dict[str, Any]]:
@@ -96,7 +61,7 @@ def test_integer_and_boolean_codes_reach_the_model_as_it_was_trained(tmp_path: P
     fresh = population(300, seed=2)  # new rows of the same population
     expected = model.predict_proba(fresh[["x", "grade", "flag"]])
 
-    with live_server(write_config(tmp_path)) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+    with app_client(write_config(tmp_path)) as client:
         one = client.post("/predict", json={"x": 0.0, "grade": 3, "flag": True})
         assert one.status_code == 200, one.text
         truth = model.predict_proba(pd.DataFrame({"x": [0.0], "grade": [3], "flag": [True]}))[0]
@@ -113,7 +78,8 @@ def test_integer_and_boolean_codes_reach_the_model_as_it_was_trained(tmp_path: P
         got = np.array([[a["probabilities"]["0"], a["probabilities"]["1"]] for a in answers.json()["predictions"]])
         np.testing.assert_allclose(got, expected, atol=1e-12)
 
-        metrics = server.wait_for(lambda m: m if sample(m, "model_drift_window_rows") == 301 else None)
+        metrics = drift_run(client)
+    assert sample(metrics, "model_drift_window_rows") == 301  # the three refused requests are not logged
     # integer and boolean codes are the reference's categories, not unseen ones
     assert sample(metrics, "model_feature_unseen_share", feature="grade") == 0
     assert sample(metrics, "model_feature_unseen_share", feature="flag") == 0
@@ -131,9 +97,9 @@ def test_null_category_reaches_the_model_as_its_missing_value(demo_dir: Path, tm
     with_none = model.predict_proba(frame)  # what the service passed before: None, which the imputer does not see
     assert np.abs(with_nan - with_none).max() > 0.05, "the demo model must tell None from NaN for this test to bite"
 
-    config = config_folder(demo_dir, tmp_path, drift={"interval_seconds": 3600})
-    with live_server(config) as server:
-        resp = httpx.post(f"{server.url}/predict/batch", json={"records": records}, timeout=30)
+    config = config_folder(demo_dir, tmp_path, **quiet())
+    with app_client(config) as client:
+        resp = client.post("/predict/batch", json={"records": records})
     assert resp.status_code == 200, resp.text
     classes = [str(c) for c in model.classes_]
     got = np.array([[p["probabilities"][c] for c in classes] for p in resp.json()["predictions"]])
@@ -154,7 +120,7 @@ def test_integer_codes_with_gaps_stay_integers_for_drift_and_quality(tmp_path: P
     records = records_of(fresh, ["x", "grade"])
     expected = model.predict(fresh[["x", "grade"]])
     config = write_config(tmp_path, categorical="[grade]", nullable="[grade]")
-    with live_server(config) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+    with app_client(config) as client:
         answers = client.post("/predict/batch", json={"records": records})
         assert answers.status_code == 200, answers.text
         predictions = [a["prediction"] for a in answers.json()["predictions"]]
@@ -163,7 +129,8 @@ def test_integer_codes_with_gaps_stay_integers_for_drift_and_quality(tmp_path: P
         body = {"labels": [{"request_id": a["request_id"], "label": y}
                            for a, y in zip(answers.json()["predictions"], truth, strict=True)]}
         assert client.post("/feedback/batch", json=body).status_code == 202
-        metrics = server.wait_for(lambda m: m if sample(m, "model_quality_window_rows") == 400 else None)
+        metrics = drift_run(client)
+    assert sample(metrics, "model_quality_window_rows") == 400
     # the float-read target equals the integer predictions: the reference baseline is the model's real accuracy
     assert sample(metrics, "model_quality_reference", metric="accuracy") == pytest.approx(reference_accuracy)
     assert reference_accuracy > 0.6
@@ -173,33 +140,6 @@ def test_integer_codes_with_gaps_stay_integers_for_drift_and_quality(tmp_path: P
     assert sample(metrics, "model_feature_missing_share", feature="grade") == pytest.approx(
         fresh["grade"].isna().mean()
     )
-
-
-def _serve_fails(config: Path) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-m", "exporter.cli", "serve", "--config", str(config), "--port", "1"],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("exporter: error:")]
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
-
-
-def test_model_that_does_not_fit_the_columns_refuses_to_start_with_prediction_column(tmp_path: Path) -> None:
-    reference = population(300, seed=6)
-    other = reference.rename(columns={"x": "size"})  # trained on other column names
-    model = make_pipeline(ColumnTransformer([("num", "passthrough", ["size"])]), LogisticRegression())
-    joblib.dump(model.fit(other[["size"]], other["label"]), tmp_path / "model.joblib")
-    reference["prediction"] = model.predict(other[["size"]])
-    reference.to_csv(tmp_path / "ref.csv", index=False)
-    config = write_config(tmp_path, extra="", categorical="[grade]")
-    text = config.read_text().replace("reference: {path: ref.csv}",
-                                      "reference: {path: ref.csv, prediction_column: prediction}")
-    config.write_text(text)
-    error = _serve_fails(config)
-    assert "the model cannot predict on the reference's configured features" in error and "size" in error
 
 
 def test_guard_names_the_feature_and_both_types_when_the_request_path_differs(tmp_path: Path) -> None:
@@ -227,18 +167,21 @@ def test_guard_names_the_feature_and_both_types_when_the_request_path_differs(tm
     assert "feature 'grade'" in message and "object values such as '" in message and "int64 values such as" in message
 
 
-def test_model_refusing_valid_input_is_counted_and_its_internals_stay_in_the_log(tmp_path: Path) -> None:
+def test_model_refusing_valid_input_is_counted_and_its_internals_stay_in_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     reference = population(300, seed=8)
     reference["colour"] = np.where(reference["grade"] == 3, "red", "blue")
     reference.to_csv(tmp_path / "ref.csv", index=False)
     pre = ColumnTransformer([("num", "passthrough", ["x"]), ("cat", OneHotEncoder(handle_unknown="error"), ["colour"])])
     model = Pipeline([("pre", pre), ("clf", LogisticRegression())]).fit(reference[["x", "colour"]], reference["label"])
     joblib.dump(model, tmp_path / "model.joblib")
-    with live_server(write_config(tmp_path, categorical="[colour]")) as server:
-        ok = httpx.post(f"{server.url}/predict", json={"x": 0.1, "colour": "red"}, timeout=30)
-        refused = httpx.post(f"{server.url}/predict", json={"x": 0.1, "colour": "green"}, timeout=30)
-        metrics = server.metrics()
-        log = server.log()
+    caplog.set_level(logging.WARNING, logger="exporter")
+    with app_client(write_config(tmp_path, categorical="[colour]"), **quiet()) as client:
+        ok = client.post("/predict", json={"x": 0.1, "colour": "red"})
+        refused = client.post("/predict", json={"x": 0.1, "colour": "green"})
+        metrics = parse_metrics(client.get("/metrics").text)
+    log = caplog.text  # the service's log, as an operator reads it
     assert ok.status_code == 200, ok.text
     assert refused.status_code == 422
     assert "Found unknown categories" not in refused.text and "the model cannot predict" in refused.text
@@ -256,18 +199,22 @@ def test_window_and_quality_hold_the_serving_versions_rows_only(tmp_path: Path) 
     old = population(200, seed=10)
     old["x"] += 3  # the old version's traffic drifted far
     new = population(150, seed=11)
-    with live_server(config) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+    with app_client(config) as client:
         answers = client.post("/predict/batch", json={"records": records_of(old, ["x", "grade", "flag"])}).json()
         wrong = [{"request_id": a["request_id"], "label": 1 - a["prediction"]} for a in answers["predictions"]]
         assert client.post("/feedback/batch", json={"labels": wrong}).status_code == 202
-        server.wait_for(lambda m: sample(m, "model_quality_window_rows") == 200)
+        before = drift_run(client)
+    # version 1's run saw its rows and its wrong labels
+    assert sample(before, "model_quality_window_rows") == 200 and sample(before, "model_drift_window_rows") == 200
+    assert sample(before, "model_quality", metric="accuracy") == 0.0
     config.write_text(config.read_text().replace('version: "1"', 'version: "2"'))
-    with live_server(config) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+    with app_client(config) as client:  # the same database, the next version
         answers = client.post("/predict/batch", json={"records": records_of(new, ["x", "grade", "flag"])}).json()
         right = [{"request_id": a["request_id"], "label": a["prediction"]} for a in answers["predictions"]]
         assert client.post("/feedback/batch", json={"labels": right}).status_code == 202
-        metrics = server.wait_for(lambda m: m if sample(m, "model_quality_window_rows") == 150 else None)
+        metrics = drift_run(client)
         drift = client.get("/drift").json()
+    assert sample(metrics, "model_quality_window_rows") == 150
     assert sample(metrics, "model_drift_window_rows") == 150  # not the 350 rows of both versions
     assert sample(metrics, "model_quality", metric="accuracy") == 1.0  # the old version's wrong labels are not in
     assert drift["model"]["version"] == "2" and drift["result"]["window_rows"] == 150

@@ -1,21 +1,23 @@
-"""Ground truth on a real server: labels in, model quality out; missing values per feature."""
+"""Ground truth in process: labels in, model quality out; missing values per feature.
+
+The app runs in the test's process (TestClient, real SQLite file); the test writes the log out and runs the drift
+job itself, so each assertion reads the run that saw every label."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
 import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
 from exporter.demo import CATEGORICAL, NULLABLE, NUMERICAL, Traffic
-from tests.helpers import config_folder, live_server, sample
+from tests.helpers import app_client, config_folder, flush, parse_metrics, quiet, sample
 
 
 def test_quality_equals_what_was_sent_and_labels_are_idempotent(demo_dir: Path, tmp_path: Path) -> None:
-    config = config_folder(demo_dir, tmp_path, drift={"window_size": 1000, "min_rows": 50, "interval_seconds": 1})
+    config = config_folder(demo_dir, tmp_path, **quiet(drift={"window_size": 1000, "min_rows": 50}))
     traffic = Traffic("none", seed=5)
-    with live_server(config) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+    with app_client(config) as client:
         records, truth = traffic.records(300)
         answers = client.post("/predict/batch", json={"records": records}).json()["predictions"]
         predicted = [a["prediction"] for a in answers]
@@ -45,13 +47,13 @@ def test_quality_equals_what_was_sent_and_labels_are_idempotent(demo_dir: Path, 
             {"request_id": answers[0]["request_id"], "label": "Gentoo"}, {"request_id": "f" * 32, "label": "Adelie"}]})
         assert mixed.status_code == 404 and "f" * 32 in mixed.text
 
-        metrics = server.wait_for(lambda m: m if sample(m, "model_quality_window_rows") == 300 and sample(
-            m, "model_feedback_total") == 302 else None)
-        # after all label writes: wait for a run that saw the replaced label
-        metrics = server.wait_for(
-            lambda m: m if sample(m, "model_quality", metric="accuracy") == pytest.approx(
-                accuracy_score(labels, predicted), abs=1e-12) else None
-        )
+        flush(client)  # every label written, the replaced one included
+        client.app.state.job.tick()  # type: ignore[attr-defined]
+        metrics = parse_metrics(client.get("/metrics").text)
+        assert sample(metrics, "model_drift_job_failures_total") == 0
+        assert sample(metrics, "model_quality_window_rows") == 300
+        assert sample(metrics, "model_quality", metric="accuracy") == pytest.approx(
+            accuracy_score(labels, predicted), abs=1e-12)
         assert sample(metrics, "model_quality", metric="f1_macro") == pytest.approx(
             f1_score(labels, predicted, average="macro"), abs=1e-12)
         assert 0 < sample(metrics, "model_quality", metric="roc_auc") <= 1  # type: ignore[operator]
@@ -61,13 +63,16 @@ def test_quality_equals_what_was_sent_and_labels_are_idempotent(demo_dir: Path, 
 
 
 def test_missing_scenario_moves_missing_share_of_touched_features_only(demo_dir: Path, tmp_path: Path) -> None:
-    config = config_folder(demo_dir, tmp_path, drift={"window_size": 400, "min_rows": 50, "interval_seconds": 1})
+    config = config_folder(demo_dir, tmp_path, **quiet(drift={"window_size": 400, "min_rows": 50}))
     traffic = Traffic("missing", seed=8)
-    with live_server(config) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+    with app_client(config) as client:
         records, _ = traffic.records(400)
         assert client.post("/predict/batch", json={"records": records}).status_code == 200
         expected = {f: sum(r[f] is None for r in records) / 400 for f in NUMERICAL + CATEGORICAL}
-        metrics = server.wait_for(lambda m: m if sample(m, "model_drift_window_rows") == 400 else None)
+        flush(client)
+        client.app.state.job.tick()  # type: ignore[attr-defined]
+        metrics = parse_metrics(client.get("/metrics").text)
+    assert sample(metrics, "model_drift_window_rows") == 400
     for feature, share in expected.items():
         assert sample(metrics, "model_feature_missing_share", feature=feature) == pytest.approx(share)
         if feature in NULLABLE:

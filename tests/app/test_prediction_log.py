@@ -27,6 +27,7 @@ from exporter.store import (
     _json,
     new_request_id,
 )
+from tests.helpers import wait_until
 
 
 def rows(n: int, start: int = 0) -> list[PredictionRow]:
@@ -58,15 +59,34 @@ def test_batches_and_flushes_on_stop(tmp_path: Path) -> None:
 
 def test_full_queue_drops_and_counts_never_blocks(tmp_path: Path) -> None:
     s = store(tmp_path)
-    log = PredictionLog(s, queue_size=50, batch_size=10)
+    inside, release, returned = threading.Event(), threading.Event(), threading.Event()
+    original = s.insert
+
+    def held(batch: list[dict[str, object]]) -> None:  # a database that does not answer until released
+        inside.set()
+        release.wait(30)
+        original(batch)
+        returned.set()
+
+    s.insert = held  # type: ignore[method-assign]
+    log = PredictionLog(s, queue_size=50, batch_size=10, flush_interval=0.05)
     # writer not started: nothing drains the queue
-    started = time.monotonic()
     dropped = log.enqueue(rows(80))
-    assert time.monotonic() - started < 0.5
     assert dropped == 30 and log.dropped == 30 and log.queued == 50
     log.start()
+    try:
+        assert inside.wait(10), "the writer did not take a batch"  # it holds 10 rows, blocked in the insert
+        outcome: list[int] = []
+        producer = threading.Thread(target=lambda: outcome.append(log.enqueue(rows(20, start=100))))
+        producer.start()
+        producer.join(10)
+        # enqueue returned while the writer was still blocked on the database: it never waits for it
+        assert not producer.is_alive() and not returned.is_set() and s.count() == 0
+        assert outcome == [10] and log.dropped == 40 and log.queued == 60  # 50 queued, 10 in the writer's hands
+    finally:
+        release.set()
     log.stop(timeout=30)
-    assert s.count() == 50 and log.written == 50 and log.dropped == 30
+    assert s.count() == 60 and log.written == 60 and log.dropped == 40
 
 
 def test_database_outage_buffers_then_writes_everything(tmp_path: Path) -> None:
@@ -84,7 +104,7 @@ def test_database_outage_buffers_then_writes_everything(tmp_path: Path) -> None:
     log = PredictionLog(s, queue_size=1000, batch_size=20, flush_interval=0.05, max_backoff=0.2)
     log.start()
     log.enqueue(rows(200))
-    time.sleep(0.8)
+    wait_until(lambda: log.write_errors >= 3, 10, what="three failed writes (a few backoff periods)")
     assert not log.database_up and log.write_errors > 0 and s.count() == 0 and log.queued == 200
     down.clear()
     log.stop(timeout=30)

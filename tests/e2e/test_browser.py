@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from exporter.demo import CATEGORICAL, NUMERICAL, Traffic
-from tests.e2e.stack import drift_run_after_rows_written, require_binary, send
-from tests.helpers import config_folder, live_server, sample
+from tests.e2e.stack import require_binary, send
+from tests.helpers import InProcessServer, config_folder, flush, quiet, sample
 
 pytestmark = pytest.mark.e2e
 
@@ -167,13 +167,20 @@ def drift_table(dom: str) -> dict[str, list[str]]:
 
 def test_monitoring_page_renders_the_drift_report_in_chromium(demo_dir: Path, tmp_path: Path) -> None:
     require_binary(*CHROMIUM)
+    # The app in process behind a real loopback port (Chromium needs a URL, not a process of the service's own);
+    # the drift job run once, by the test, over the whole window. interval_seconds stays 1: it sets the
+    # calibrated per-run false-flag probability, hence the verdicts the table must show.
     config = config_folder(
         demo_dir, tmp_path / "app", database_url="sqlite:///predictions.db",
-        drift={"window_size": WINDOW, "min_rows": 100, "interval_seconds": 1},
+        **quiet(drift={"window_size": WINDOW, "min_rows": 100, "interval_seconds": 1, "report": True}),
     )
-    with live_server(config) as server:
-        answered = send(server, Traffic("shift", seed=31), WINDOW)
-        metrics = drift_run_after_rows_written(server, len(answered))
+    with InProcessServer(config) as server:
+        answered = send(server, Traffic("shift", seed=31), WINDOW)  # type: ignore[arg-type]
+        flush(server)
+        server.app.state.job.tick()
+        metrics = server.metrics()
+        assert sample(metrics, "model_drift_window_rows") == len(answered) == WINDOW
+        assert sample(metrics, "model_drift_job_failures_total") == 0
         assert sample(metrics, "model_feature_drift_detected", feature=SHIFTED) == 1
         page = httpx.get(f"{server.url}/monitoring", timeout=30)
         assert page.status_code == 200 and "No drift report yet" not in page.text, page.text[:500]

@@ -157,7 +157,12 @@ def test_two_replicas_of_two_workers_are_one_deployment(deployment: tuple[Stack,
             break
     else:
         pytest.fail("a new run landed during every attempt at 20 answers")
-    assert len({a[:2] for a in answers}) == 1 and len({a[2] for a in answers[:6]}) == 1, [a[0][:3] for a in answers]
+    served = {a[:2] for a in answers}
+    common = set.intersection(*(set(lines) | {drift} for lines, drift in served))
+    assert len(served) == 1, [  # what each distinct answer has that the others lack, and which answers gave it
+        ([i for i, a in enumerate(answers) if a[:2] == x], sorted(set(x[0]) | {x[1]} - common)) for x in served
+    ]
+    assert len({a[2] for a in answers[:6]}) == 1, [a[2] for a in answers[:6]]
     lines = answers[0][0]
     assert any(line.startswith("model_feature_drift_score{") for line in lines)
     drift = prom.query("model_feature_drift_score")
