@@ -143,13 +143,11 @@ class Database:
             try:
                 with self.engine.connect() as conn:
                     conn.execute(text("SELECT 1"))
-                ok = self.schema_ready or self.try_ensure_schema()
             except Exception as exc:
                 self.mark(False, exc)
                 ok = False
             else:
-                if ok:
-                    self.mark(True)
+                ok = self.try_ensure_schema()  # returns at once once the tables exist; marks the database up
             self._checked, self._checked_at = ok, time.monotonic()
             return ok
 
@@ -161,7 +159,7 @@ class Database:
         if up:
             log.warning("database reachable again")
         else:
-            log.error("database unreachable: %s", one_line(exc) if exc is not None else "?")
+            log.error("database unreachable: %s", first_line(exc) if exc is not None else "?")
 
     def check_writable(self) -> None:
         """For SQLite, create the file and tables and write to it now: a file that cannot be written will not get
@@ -185,7 +183,8 @@ class Database:
         self.engine.dispose()
 
 
-def one_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """A database error's first line: the lines after it repeat the statement and its parameters."""
     lines = str(exc).splitlines()
     return lines[0] if lines else type(exc).__name__
 

@@ -16,11 +16,10 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from exporter.config import DriftSection, RetentionSection
-from exporter.db import one_line
+from exporter.db import first_line
 from exporter.drift import DriftResult
 from exporter.estimation import EstimateResult
 from exporter.locks import JobLock
@@ -64,15 +63,11 @@ class Published:
     report: CachedReport | None = None  # a run without a report keeps the last one
 
 
-def make_runner(spec: JobSpec, isolation: str) -> Runner:
-    return WorkerRunner(spec) if isolation == "process" else InProcessRunner(spec)
-
-
 class DriftJob:
     """Given what it consumes (the spec, the stores, the lock, its settings); owns what it produces."""
 
     def __init__(self, spec: JobSpec, store: PredictionStore, runs: RunStore, lock: JobLock, drift: DriftSection,
-                 retention: RetentionSection, runner: Callable[[JobSpec], Runner] | None = None) -> None:
+                 retention: RetentionSection) -> None:
         self.spec = spec
         self.store = store
         self.runs = runs
@@ -80,7 +75,6 @@ class DriftJob:
         self.lock = lock
         self.cfg = drift
         self.retention = retention
-        self._make_runner = runner or (lambda s: make_runner(s, drift.isolation))
         self._runner: Runner | None = None
         self.leader = False
         self._published = Published()
@@ -94,12 +88,15 @@ class DriftJob:
         return self._published
 
     # -- publishing ----------------------------------------------------------------------------------------------
-    def _replace(self, run: StoredRun | None = None, newer_only: bool = False, **stats: object) -> None:
-        """Publish a new object: ``run``'s results (if given) and the stats changed by ``stats``. With
-        ``newer_only``, a stored run older than the one served is not published (two threads may race)."""
+    def _replace(self, run: StoredRun | None = None, newer_only: bool = False, add: dict[str, int] | None = None,
+                 **stats: object) -> None:
+        """Publish a new object: ``run``'s results (if given), the counts in ``add`` incremented and the stats
+        ``stats`` set, all from the object current under the lock (request threads publish too). With
+        ``newer_only``, a stored run older than the one served is not published."""
         with self._publishing:
             current = self._published
-            new_stats = dataclasses.replace(current.stats, **stats)  # type: ignore[arg-type]
+            counts = {k: getattr(current.stats, k) + v for k, v in (add or {}).items()}
+            new_stats = dataclasses.replace(current.stats, **counts, **stats)  # type: ignore[arg-type]
             if run is None:
                 self._published = dataclasses.replace(current, stats=new_stats)
                 return
@@ -130,7 +127,7 @@ class DriftJob:
             run = self.runs.load(newest)
         except UnreadableRun as exc:
             self._unreadable = newest
-            self._replace(unreadable_runs=self._published.stats.unreadable_runs + 1)
+            self._replace(add={"unreadable_runs": 1})
             log.warning("%s; serving the last run this process could read", exc)
             return
         except Exception as exc:
@@ -150,12 +147,11 @@ class DriftJob:
             return
         self._prune()
         started = time.monotonic()
-        self._replace(runs=self._published.stats.runs + 1)
+        self._replace(add={"runs": 1})
         try:
             output = self.runner.run(self.cfg.timeout_seconds)
         except JobError as exc:
-            stats = self._published.stats
-            self._replace(failures=stats.failures + 1, timeouts=stats.timeouts + isinstance(exc, JobTimeout),
+            self._replace(add={"failures": 1, "timeouts": int(isinstance(exc, JobTimeout))},
                           last_error=str(exc), last_duration=time.monotonic() - started)
             log.error("drift job failed: %s", exc)
             return
@@ -169,13 +165,12 @@ class DriftJob:
             run_id = self.runs.save(output.drift, output.quality, report, created_at=finished,
                                     estimate=output.estimate)
         except Exception as exc:  # the database is down: this process serves its run; the others keep theirs
-            log.error("drift job: the run could not be stored, so other processes do not see it: %s", one_line(exc))
+            log.error("drift job: the run could not be stored, so other processes do not see it: %s", first_line(exc))
         if output.report_error is not None:
             log.error("drift report failed: %s", output.report_error)
-        stats = self._published.stats
         # Published once, as stored: its id is the stored run's, so no request reloads it from the table.
         self._replace(StoredRun(run_id, finished, output.drift, output.quality, output.report, output.estimate),
-                      report_failures=stats.report_failures + (output.report_error is not None), last_error=None,
+                      add={"report_failures": int(output.report_error is not None)}, last_error=None,
                       last_duration=output.compute_seconds, last_report_duration=output.report_seconds)
 
     def _lead(self) -> bool:
@@ -190,15 +185,15 @@ class DriftJob:
         try:
             pruned = prune(self.store.engine, self.retention.max_age_days, self.retention.max_rows)
         except Exception as exc:  # the database is down: the next tick tries again
-            log.warning("retention: pruning the predictions table failed: %s", one_line(exc))
+            log.warning("retention: pruning the predictions table failed: %s", first_line(exc))
             return
         if pruned:
-            self._replace(pruned=self._published.stats.pruned + pruned)
+            self._replace(add={"pruned": pruned})
 
     @property
     def runner(self) -> Runner:
         if self._runner is None:
-            self._runner = self._make_runner(self.spec)
+            self._runner = WorkerRunner(self.spec) if self.cfg.isolation == "process" else InProcessRunner(self.spec)
         return self._runner
 
     def _close_runner(self) -> None:

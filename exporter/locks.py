@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.pool import NullPool
 
-from exporter.db import one_line
+from exporter.db import first_line
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class AdvisoryJobLock:
 
     def _failed(self, exc: BaseException) -> None:
         if not self._failing:
-            log.warning("drift job lock: cannot reach the database to take the lock: %s", one_line(exc))
+            log.warning("drift job lock: cannot reach the database to take the lock: %s", first_line(exc))
         self._failing = True
 
     def acquire(self) -> bool:
@@ -91,7 +91,7 @@ class AdvisoryJobLock:
                 return True
             except Exception as exc:
                 log.warning("drift job lock: lost the database session (%s); the job pauses until the lock is "
-                            "retaken", one_line(exc))
+                            "retaken", first_line(exc))
                 self._close()
         try:
             conn = self._engine.connect()

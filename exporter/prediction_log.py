@@ -13,12 +13,11 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import exc as sa_exc
 
-from exporter.db import is_missing_table, is_transient, one_line
+from exporter.db import first_line, is_missing_table, is_transient
 from exporter.store import DatabaseUnavailable, LabelUpdate, PredictionRow, PredictionStore
 
 log = logging.getLogger(__name__)
@@ -28,13 +27,12 @@ class _Permanent(Exception):
     """A write error that retrying will not fix."""
 
 
-@dataclass
 class LabelBook:
     """What is queued but not yet written, as /feedback needs to know it: the predictions not yet in the table (a
     label for one is accepted), and the newest label queued for each request_id (the one a replacing label is
     compared with, rather than the older label in the table). The log's lock guards it."""
 
-    def __post_init__(self) -> None:
+    def __init__(self) -> None:
         self.unwritten: set[str] = set()
         self.newest: dict[str, LabelUpdate] = {}
         self.in_flight = 0  # label updates queued or in the writer's hands
@@ -144,7 +142,7 @@ class PredictionLog:
                     first, self._lookup_failing = not self._lookup_failing, True
                 if first:
                     log.error("feedback: request_id lookup failed, answering 503 until the database is back: %s",
-                              one_line(exc))
+                              first_line(exc))
                 raise DatabaseUnavailable("database unavailable: request_ids cannot be looked up; retry later") from exc
             if self._lookup_failing:
                 with self._lock:
@@ -263,7 +261,7 @@ class PredictionLog:
             except sa_exc.IntegrityError as exc:
                 missing = self.store.without_existing(rows)
                 if len(missing) == len(rows):  # none was there: not a replayed commit, so a row the table refuses
-                    raise _Permanent(one_line(exc)) from exc
+                    raise _Permanent(first_line(exc)) from exc
                 rows = missing
 
     def _persist(self, items: list[Any], write: Callable[[list[Any]], None], what: str) -> int:
@@ -301,10 +299,10 @@ class PredictionLog:
                     self.db.schema_ready = False
                 elif not is_transient(exc):
                     self.db.mark(True)
-                    raise _Permanent(one_line(exc)) from exc
+                    raise _Permanent(first_line(exc)) from exc
                 self.write_errors += 1
                 if self.db.up:
-                    log.error("prediction log: %s write failed, retrying with backoff: %s", what, one_line(exc))
+                    log.error("prediction log: %s write failed, retrying with backoff: %s", what, first_line(exc))
                 self.db.mark(False, exc)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff)

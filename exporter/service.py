@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from exporter.features import category_text
 from exporter.model import Model, Predictions
 from exporter.prediction_log import PredictionLog
+from exporter.startup import one_line
 from exporter.store import LabelUpdate, PredictionRow, new_request_id
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class PredictionService:
             if not alone:
                 raise
             self._count_error()
-            log.warning("the model refused a valid request: %s: %s", type(exc).__name__, " ".join(str(exc).split()))
+            log.warning("the model refused a valid request: %s: %s", type(exc).__name__, one_line(exc))
             # The model's own message names its internals; the client gets a plain sentence, the log the details.
             raise PredictionError("the model cannot predict on this input (the service log has the details)") from exc
         finally:

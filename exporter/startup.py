@@ -132,7 +132,8 @@ def build(settings: Settings) -> Parts:
         reference = Reference(frame, features.numerical, features.categorical, predictions, prediction_type)
     except ValueError as exc:
         raise StartupError(f"{ref_path}: {exc}") from exc
-    parts = Parts(settings, model, record, reference, request_path_rows=checked)
+    baseline: dict[str, float] = {}
+    estimation = check = None
     target = settings.target
     if target is not None:
         if target not in frame.columns:
@@ -147,11 +148,9 @@ def build(settings: Settings) -> Parts:
         ).metrics
         estimation = setup_from_reference(settings.model.task, model.classes, frame, target, predictions,
                                           probabilities, features.numerical, features.categorical)
-        check = None
         if estimation is not None and settings.reference.check_held_out:
             check = ReferenceCheck.of(str(model_path), settings.model.task, frame, model.features, target, predictions)
-        parts = Parts(settings, model, record, reference, baseline, estimation, check, checked)
-    return parts
+    return Parts(settings, model, record, reference, baseline, estimation, check, checked)
 
 
 def _reference_predictions(
