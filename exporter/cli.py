@@ -44,6 +44,7 @@ def app_factory() -> Any:
     from exporter.config import ConfigError, load_settings
     from exporter.startup import StartupError
 
+    configure_logging()  # a spawned worker does not inherit the parent's: its INFO lines would be lost
     try:
         return create_app(load_settings(os.environ[CONFIG_ENV]))
     except (ConfigError, StartupError) as exc:
@@ -325,12 +326,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("DO_NOT_TRACK", "1")  # no Evidently usage telemetry
-    args = build_parser().parse_args(argv)
+def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "apscheduler.executors.default"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("DO_NOT_TRACK", "1")  # no Evidently usage telemetry
+    args = build_parser().parse_args(argv)
+    configure_logging()
     return int(args.func(args))
 
 

@@ -76,7 +76,7 @@ class DriftJob:
         self.cfg = drift
         self.retention = retention
         self._runner: Runner | None = None
-        self.leader = False
+        self.leader: bool | None = None  # None until the first tick, which logs either role
         self._published = Published()
         self._publishing = threading.Lock()  # the job's thread and request threads publish, one at a time
         self._checked = -CHECK_SECONDS

@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from exporter.demo import CATEGORICAL, NUMERICAL, Traffic
+from tests.dashboards import VARIABLE_RE, iter_dashboard_queries, metric_names_in_expr, promql_of
 from tests.e2e.stack import (
     ALERTMANAGER_YML,
     DRIFT_ALERTS,
@@ -40,7 +41,6 @@ from tests.e2e.stack import (
     send_feedback,
 )
 from tests.helpers import config_folder, parse_metrics, sample, wait_until
-from tests.repo.test_grafana_dashboards import _VARIABLE_RE, iter_dashboard_queries, metric_names_in_expr, promql_of
 
 pytestmark = pytest.mark.e2e
 
@@ -214,7 +214,7 @@ def _substitute(expr: str) -> str:
         assert name in VARIABLES, f"no test value for dashboard variable ${name} in {expr!r}"
         return VARIABLES[name]
 
-    return _VARIABLE_RE.sub(value, expr)
+    return VARIABLE_RE.sub(value, expr)
 
 
 def _key(uid: str, where: str) -> tuple[str, str, str] | None:

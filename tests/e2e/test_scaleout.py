@@ -88,6 +88,12 @@ def _scrape(replica: LiveServer) -> str:
     return resp.text
 
 
+def _serves(replica: LiveServer, created: float) -> bool:
+    """Whether the worker answering this scrape serves the run stored at ``created``, or a newer one."""
+    served = sample(parse_metrics(_scrape(replica)), "model_drift_job_last_success_timestamp_seconds")
+    return served is not None and served >= created - 1e-3
+
+
 def _served(replica: LiveServer, page: bool) -> tuple[tuple[str, ...], str, str]:
     """The drift families of one scrape, /drift's result and (``page``) /monitoring's digest, from whichever worker
     answers."""
@@ -118,7 +124,9 @@ def test_two_replicas_of_two_workers_are_one_deployment(deployment: tuple[Stack,
     wait_until(lambda: _count(engine, predictions_table) == total, 60, "every answered row written", stack.logs)
 
     # -- each replica's counters: the sum over its workers, the same on every scrape ----------------------------
-    time.sleep(1.5)  # the other worker's counts reach the shared files within 0.5 s
+    for replica in replicas:  # the other worker's counts reach the shared files within 0.5 s
+        wait_until(lambda r=replica: sample(parse_metrics(_scrape(r)), "model_prediction_log_written_total")
+                   == ROWS_PER_REPLICA, 10, "both workers' counts in the sum", stack.logs, interval=0.1)
     for replica in replicas:
         for _ in range(10):
             metrics = parse_metrics(_scrape(replica))
@@ -134,7 +142,7 @@ def test_two_replicas_of_two_workers_are_one_deployment(deployment: tuple[Stack,
 
     # -- one run per interval, never two at once -----------------------------------------------------------------
     start_id, start = _newest(engine), time.time()
-    time.sleep(5 * INTERVAL)
+    wait_until(lambda: _newest(engine) >= start_id + 3, 5 * INTERVAL, "three more stored runs", stack.logs)
     end_id, end = _newest(engine), time.time()
     expected = (end - start) / INTERVAL
     assert expected - 2 <= end_id - start_id <= expected + 1, (end_id - start_id, expected)
@@ -150,8 +158,10 @@ def test_two_replicas_of_two_workers_are_one_deployment(deployment: tuple[Stack,
     for _attempt in range(3):
         run = _newest(engine)
         wait_until(lambda run=run: _newest(engine) > run, 3 * INTERVAL, "a new stored run", stack.logs)
-        run = _newest(engine)
-        time.sleep(1.3)  # a process looks for a newer stored run at most once a second
+        run, created = _runs(engine)[-1]
+        # A process looks for a newer stored run at most once a second: until then some workers serve the last.
+        wait_until(lambda created=created: all(_serves(replicas[i % 2], created) for i in range(8)), INTERVAL / 2,
+                   "every worker serves the newest run", stack.logs, interval=0.1)
         answers = [_served(replicas[i % 2], page=i < 6) for i in range(20)]  # the report page: 3 per replica
         if _newest(engine) == run:  # no run landed during the 20 answers
             break

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import yaml
 
-from tests.helpers import config_folder, free_port, live_server, sample
+from tests.helpers import config_folder, free_port, live_server, sample, wait_http
 
 
 def run(*args: str, cwd: Path | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -66,12 +64,7 @@ def test_serve_without_config_uses_demo_in_data_dir(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "exporter.cli", "serve", "--port", str(port)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and proc.poll() is None:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.3)
+        wait_http(f"http://127.0.0.1:{port}/readyz", proc, 90, "exporter serve")
         resp = httpx.post(f"http://127.0.0.1:{port}/predict", json={
             "bill_length_mm": 46.1, "bill_depth_mm": 13.2, "flipper_length_mm": 211, "body_mass_g": 4500,
             "island": "Biscoe", "sex": "female"}, timeout=10)

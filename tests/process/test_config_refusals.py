@@ -135,13 +135,6 @@ def test_prediction_method_follows_the_task(tmp_path: Path) -> None:
     build(load_settings(config("psi")))  # accepted
 
 
-def test_valid_methods_are_accepted(demo_dir: Path, tmp_path: Path) -> None:
-    config = config_folder(demo_dir, tmp_path, drift={
-        "per_feature": {"bill_length_mm": {"method": "psi"}, "island": {"method": "TVD"}},
-        "prediction": {"method": "jensenshannon"}, "window_size": 100, "min_rows": 100})
-    build(load_settings(config))
-
-
 # -- an SQLite database the service cannot write -----------------------------------------------------------------
 
 def test_sqlite_in_a_read_only_config_folder_is_refused(demo_dir: Path, tmp_path: Path) -> None:

@@ -103,7 +103,10 @@ def test_two_workers_run_one_job_and_serve_the_same_result(demo_dir: Path, tmp_p
         httpx.post(f"{server.url}/predict/batch", json={"records": [GOOD] * 50}, timeout=10)
         db = tmp_path / "predictions.db"
         wait_until(lambda: _runs(db) >= 1, 60, what="a stored run")
-        time.sleep(3)  # both workers have ticked at start: only the lock holder ran
+        # Both workers have ticked at start: only the lock holder ran.
+        wait_until(lambda: "another process of the deployment runs it" in server.log(), 30,
+                   what="the second worker's tick", details=server.log)
+        assert "drift job: this process runs it" in server.log()
         assert _runs(db) == 1
         answers = {httpx.get(f"{server.url}/drift", timeout=10).json()["result"]["computed_at"] for _ in range(20)}
         assert len(answers) == 1, answers  # whichever worker answered
@@ -120,7 +123,8 @@ def test_two_workers_run_one_job_and_serve_the_same_result(demo_dir: Path, tmp_p
                 assert (
                     client.post(f"{server.url}/predict", json=GOOD, headers={"connection": "close"}).status_code == 200
                 )
-        time.sleep(1.5)  # the other worker's counts reach the shared files within 0.5 s
+        # The other worker's counts reach the shared files within 0.5 s.
+        server.wait_for(lambda m: sample(m, "model_predictions_total") == 80, timeout=10, interval=0.1)
         for _ in range(10):
             metrics = parse_metrics(httpx.get(f"{server.url}/metrics", timeout=10).text)
             assert sample(metrics, "model_predictions_total") == 80
@@ -179,8 +183,7 @@ def test_sigkill_of_the_job_runner_hands_the_job_over(demo_dir: Path, tmp_path: 
                        what="the surviving replica takes the job lock within two intervals")
             assert time.monotonic() - killed <= 2 * INTERVAL
             leader.proc.wait(timeout=10)  # type: ignore[union-attr]
-            time.sleep(1)  # a run the leader committed just before dying is not the survivor's
-            before = newest()
+            before = newest()  # the dead leader commits nothing more: a newer run is the survivor's
             wait_until(lambda: (newest() or 0) > (before or 0), 90, what="a run stored by the surviving replica")
             follower.wait_for(lambda m: (m.get(runs_key) or 0) >= 1, timeout=30)
             # The killed replica restarts and joins as a follower: it runs nothing and serves the stored runs.
