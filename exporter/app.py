@@ -51,6 +51,8 @@ def _echo(value: Any) -> Any:
 
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 naming each bad field."""
+    if request.url.path in LOG_PATHS:  # a refused record of a model served elsewhere is counted, as it is lost
+        request.app.state.service.count_refused(_records_in(exc))
     detail = []
     for err in exc.errors():
         item = {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
@@ -58,6 +60,16 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
             item["input"] = _echo(jsonable_encoder(err["input"], custom_encoder={float: lambda f: f}))
         detail.append(item)
     return JSONResponse({"detail": detail}, status_code=422)
+
+
+LOG_PATHS = frozenset({"/log", "/log/batch"})
+
+
+def _records_in(exc: RequestValidationError) -> int:
+    """How many records a refused /log body carried (a batch is refused whole); 1 when it cannot be told."""
+    body = getattr(exc, "body", None)
+    records = body.get("records") if isinstance(body, dict) else None
+    return len(records) if isinstance(records, list) and records else 1
 
 
 async def prediction_error(request: Request, exc: PredictionError) -> JSONResponse:
@@ -72,8 +84,12 @@ def create_app(settings: Settings, *, start_scheduler: bool = True, parts: Parts
     version = settings.model.version
     db = open_database(settings)
     # Said once everything else has held, so that a refused start prints its one error line only.
-    log.info("request path checked: %d reference rows get the model's own answers through /predict",
-             parts.request_path_rows)
+    if parts.model is None:
+        log.info("monitor-only: no model served here; predictions made elsewhere come in through /log, "
+                 "/log/batch and /log/cloudevents")
+    else:
+        log.info("request path checked: %d reference rows get the model's own answers through /predict",
+                 parts.request_path_rows)
     store = PredictionStore(db)
     plog_cfg = settings.prediction_log
     prediction_log = PredictionLog(store, queue_size=plog_cfg.queue_size, batch_size=plog_cfg.batch_size,
@@ -82,7 +98,7 @@ def create_app(settings: Settings, *, start_scheduler: bool = True, parts: Parts
     registry = CollectorRegistry(auto_describe=False)
     # With several workers the histograms reach /metrics through the multiprocess files (shared_metrics).
     model_calls = ModelCallMetrics(None if shared_mode else registry)
-    service = PredictionService(parts.model, version, prediction_log, model_calls)
+    service = PredictionService(parts.model, version, prediction_log, model_calls, parts.classes)
     job = DriftJob(parts.job_spec(db.url), store, RunStore(db, version),
                    job_lock(db.url, settings.model.name, version), settings.drift, plog_cfg.retention)
     sources = MetricSources(settings, parts.reference.hash, parts.quality_reference, service, prediction_log, job)
@@ -90,7 +106,7 @@ def create_app(settings: Settings, *, start_scheduler: bool = True, parts: Parts
     exposition = Exposition(sources, registry, summed_collector(shared) if shared else None)
     scheduler = DriftScheduler(job.tick, settings.drift.interval_seconds)
     cap = settings.batching.max_batch_size
-    batcher = Batcher(service, cap, settings.batching.max_wait_ms) if cap > 1 else None
+    batcher = Batcher(service, cap, settings.batching.max_wait_ms) if cap > 1 and parts.model is not None else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -129,7 +145,8 @@ def create_app(settings: Settings, *, start_scheduler: bool = True, parts: Parts
     app = FastAPI(
         title="Model drift exporter",
         version=__version__,
-        description=f"Serves model {settings.model.name!r} v{version} and exports its drift.",
+        description=f"{'Monitors' if parts.model is None else 'Serves'} model {settings.model.name!r} v{version}"
+        f"{', served elsewhere,' if parts.model is None else ''} and exports its drift.",
         lifespan=lifespan,
     )
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
@@ -161,7 +178,8 @@ def create_app(settings: Settings, *, start_scheduler: bool = True, parts: Parts
 
     served = Served(settings, service, job, db, exposition, parts.record_model, parts.quality_reference,
                     parts.reference.rows)
-    app.include_router(build_router(served, batcher.predict if batcher is not None else in_threadpool(service)))
+    predict = None if parts.model is None else batcher.predict if batcher is not None else in_threadpool(service)
+    app.include_router(build_router(served, predict))
     return app
 
 

@@ -25,7 +25,11 @@ class _Section(BaseModel):
 
 
 class ModelSection(_Section):
-    path: Path
+    path: Path | None = Field(
+        default=None,
+        description="The joblib model served at /predict. Without it the service is monitor-only: a model served "
+        "elsewhere sends its predictions to /log, /log/batch or /log/cloudevents.",
+    )
     name: str = "model"
     # At most 64 characters: the length of the predictions table's model_version column (PostgreSQL enforces it).
     version: str = Field(default="1", max_length=64)
@@ -36,7 +40,13 @@ class ReferenceSection(_Section):
     path: Path
     prediction_column: str | None = Field(
         default=None,
-        description="Column of the reference holding the model's predictions; computed with the model when absent.",
+        description="Column of the reference holding the model's predictions; computed with the model when absent "
+        "(required without a model).",
+    )
+    probability_columns: dict[str, str] | None = Field(
+        default=None,
+        description="Monitor-only classification: class -> column of the reference holding the model's probability "
+        "of that class. Estimated quality needs them; without them it is off.",
     )
     check_held_out: bool = Field(
         default=True,
@@ -145,6 +155,26 @@ class PredictionLogSection(_Section):
     retention: RetentionSection = Field(default_factory=RetentionSection)
 
 
+class LogSection(_Section):
+    """How /log/cloudevents reads the payload-logger events of a model served elsewhere (KServe, Seldon)."""
+
+    input_columns: list[str] | None = Field(
+        default=None,
+        description="The features, in order, of positional inputs (V1 instances as lists, a V2 tensor [n, k]).",
+    )
+    prediction_output: str | None = Field(
+        default=None, description="The V2 output holding the predictions; with one output, that one."
+    )
+    probabilities_output: str | None = Field(
+        default=None,
+        description="A V2 output [n, classes] of class probabilities, in the order of the classes as sorted text.",
+    )
+    pair_timeout_seconds: float = Field(
+        default=60.0, gt=0,
+        description="A request or response event whose partner has not arrived within this is dropped and counted.",
+    )
+
+
 class BatchingSection(_Section):
     max_batch_size: int = Field(
         default=64, ge=1, le=100_000,
@@ -188,6 +218,7 @@ class Settings(BaseSettings):
     drift: DriftSection = Field(default_factory=DriftSection)
     prediction_log: PredictionLogSection = Field(default_factory=PredictionLogSection)
     batching: BatchingSection = Field(default_factory=BatchingSection)
+    log: LogSection = Field(default_factory=LogSection)
     max_batch_records: int = Field(default=1000, ge=1)
     max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024, description="Larger request bodies get 413.")
     auth: AuthSection = Field(default_factory=AuthSection)
@@ -213,6 +244,19 @@ class Settings(BaseSettings):
             raise ValueError(f"drift.per_feature names unknown features: {', '.join(unknown)}")
         if self.target in names:
             raise ValueError(f"target {self.target!r} is also listed as a feature")
+        if self.model.path is None and self.reference.prediction_column is None:
+            raise ValueError(
+                "reference.prediction_column is required without model.path (monitor-only): the served model's "
+                "predictions on the reference are what its logged predictions are compared with"
+            )
+        if self.reference.probability_columns is not None and self.model.task != "classification":
+            raise ValueError("reference.probability_columns is for classification models")
+        if self.reference.probability_columns is not None and self.model.path is not None:
+            raise ValueError("reference.probability_columns is for monitor-only (without model.path): a served "
+                             "model's probabilities are computed on the reference")
+        unknown = sorted(set(self.log.input_columns or []) - names)
+        if unknown:
+            raise ValueError(f"log.input_columns names unknown features: {', '.join(unknown)}")
         keep = self.prediction_log.retention.max_rows
         if keep is not None and keep < self.drift.window_size:
             raise ValueError(
@@ -246,6 +290,11 @@ class Settings(BaseSettings):
     def resolve(self, path: Path) -> Path:
         """A path from the config, relative to the config file's folder."""
         return path if path.is_absolute() else (self.config_dir / path)
+
+    @property
+    def monitor_only(self) -> bool:
+        """No model served here: predictions come in through /log and /log/cloudevents."""
+        return self.model.path is None
 
     @property
     def resolved_database_url(self) -> str:

@@ -27,6 +27,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    inspect,
     text,
 )
 from sqlalchemy import exc as sa_exc
@@ -36,11 +37,14 @@ log = logging.getLogger(__name__)
 
 metadata = MetaData()
 LABELLED_INDEX = "ix_predictions_labelled_version_id"
+# A caller's own id (/log: up to 100 characters) with ":<i>" for the i-th row of a multi-row event. Tables made
+# by earlier versions had 36 (a UUID): ensure_schema widens them on PostgreSQL (SQLite does not enforce it).
+REQUEST_ID_LENGTH = 112
 predictions_table = Table(
     "predictions",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("request_id", String(36), nullable=False, unique=True),
+    Column("request_id", String(REQUEST_ID_LENGTH), nullable=False, unique=True),
     Column("created_at", Float, nullable=False, index=True),
     Column("model_version", String(64), nullable=False),
     Column("features", Text, nullable=False),
@@ -123,7 +127,17 @@ class Database:
         for table in metadata.tables.values():  # create_all skips indexes added to a table that already exists
             for index in table.indexes:
                 index.create(self.engine, checkfirst=True)
+        if self.backend == "postgresql":
+            self._widen_request_id()
         self.schema_ready = True
+
+    def _widen_request_id(self) -> None:
+        column = next(c for c in inspect(self.engine).get_columns("predictions") if c["name"] == "request_id")
+        length = getattr(column["type"], "length", None)
+        if length is not None and length < REQUEST_ID_LENGTH:
+            with self.engine.begin() as conn:
+                conn.execute(text(f"ALTER TABLE predictions ALTER COLUMN request_id TYPE VARCHAR({REQUEST_ID_LENGTH})"))
+            log.warning("predictions.request_id widened from %d to %d characters", length, REQUEST_ID_LENGTH)
 
     def try_ensure_schema(self) -> bool:
         try:

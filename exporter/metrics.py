@@ -40,7 +40,15 @@ class ServiceCounter:
     name: str
     help: str
     value: Callable[[Sources], float]
+    label: tuple[str, str] | None = None  # (name, value): one series of a labelled family, the others beside it
 
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.name, self.label[1] if self.label else "")
+
+
+LOG_RECORDS_HELP = "Records of a model served elsewhere (/log, /log/batch, /log/cloudevents), by outcome."
+LOG_EVENTS_HELP = "Payload-logger CloudEvents (/log/cloudevents), by outcome."
 
 COUNTERS = (
     ServiceCounter(
@@ -71,6 +79,15 @@ COUNTERS = (
         "model_feedback_replaced", "Labels that replaced a different earlier label.",
         lambda s: s.service.feedback_replaced,
     ),
+    ServiceCounter("model_log_records", LOG_RECORDS_HELP, lambda s: s.service.log_accepted, ("outcome", "accepted")),
+    ServiceCounter("model_log_records", LOG_RECORDS_HELP, lambda s: s.service.log_duplicates,
+                   ("outcome", "duplicate")),
+    ServiceCounter("model_log_records", LOG_RECORDS_HELP, lambda s: s.service.log_refused, ("outcome", "refused")),
+    ServiceCounter("model_log_events", LOG_EVENTS_HELP, lambda s: s.service.events["paired"], ("outcome", "paired")),
+    ServiceCounter("model_log_events", LOG_EVENTS_HELP, lambda s: s.service.events["unpaired_expired"],
+                   ("outcome", "unpaired_expired")),
+    ServiceCounter("model_log_events", LOG_EVENTS_HELP, lambda s: s.service.events["unparsable"],
+                   ("outcome", "unparsable")),
     ServiceCounter("model_drift_job_runs", "Drift job runs.", lambda s: s.job.runs),
     ServiceCounter("model_drift_job_failures", "Drift job runs that failed.", lambda s: s.job.failures),
     ServiceCounter(
@@ -137,8 +154,17 @@ class ScrapeCollector(Collector):
         info.add_metric([src.settings.model.name, src.settings.model.version, src.reference_hash], 1)
         yield info
         counted = src.counted(self.run.stats)
+        families: dict[str, CounterMetricFamily] = {}
         for counter in COUNTERS:
-            yield CounterMetricFamily(counter.name, counter.help, value=counter.value(counted))
+            if counter.label is None:
+                yield CounterMetricFamily(counter.name, counter.help, value=counter.value(counted))
+                continue
+            family = families.get(counter.name)
+            if family is None:
+                family = families[counter.name] = CounterMetricFamily(counter.name, counter.help,
+                                                                      labels=[counter.label[0]])
+            family.add_metric([counter.label[1]], counter.value(counted))
+        yield from families.values()
         yield _gauge(QUEUE_GAUGE, QUEUE_HELP, src.log.queued)
 
     def _job(self) -> Iterator[Metric]:

@@ -19,7 +19,7 @@ class ModelLoadError(Exception):
     pass
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """numpy scalars -> Python scalars, so predictions serialise to JSON and compare equal after a round trip."""
     if isinstance(value, np.generic):
         return value.item()
@@ -55,7 +55,7 @@ class Model:
         self.task = task
         self.has_proba = task == "classification" and hasattr(estimator, "predict_proba")
         classes = getattr(estimator, "classes_", None)
-        self.classes: list[Any] = [_plain(c) for c in classes] if classes is not None else []
+        self.classes: list[Any] = [plain(c) for c in classes] if classes is not None else []
 
     @classmethod
     def load(cls, path: Path, types: FeatureTypes, task: str) -> Model:
@@ -78,7 +78,7 @@ class Model:
             # What Pipeline.predict and .predict_proba each do, with the (costly) transforms run once for both.
             X = self.estimator[:-1].transform(X)
             final = self.estimator[-1]
-        values = [_plain(v) for v in final.predict(X)]
+        values = [plain(v) for v in final.predict(X)]
         probabilities = None
         if self.has_proba:
             proba = final.predict_proba(X)

@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import exc as sa_exc
@@ -141,26 +141,34 @@ class PredictionLog:
                 with self._lock:
                     first, self._lookup_failing = not self._lookup_failing, True
                 if first:
-                    log.error("feedback: request_id lookup failed, answering 503 until the database is back: %s",
+                    log.error("request_id lookup failed (/feedback answers 503 until the database is back): %s",
                               first_line(exc))
                 raise DatabaseUnavailable("database unavailable: request_ids cannot be looked up; retry later") from exc
             if self._lookup_failing:
                 with self._lock:
                     recovered, self._lookup_failing = self._lookup_failing, False
                 if recovered:
-                    log.warning("feedback: request_id lookup works again")
+                    log.warning("request_id lookup works again")
         return current
 
     def enqueue_labels(self, updates: list[LabelUpdate]) -> bool:
         """Queue label updates (ordered after the predictions they label), all of them or, when they do not all fit
         in the queue, none (False: the caller answers 503 and nothing of the batch is queued)."""
+        return self._put_all(updates, lambda: self._book.queued(updates))
+
+    def enqueue_all(self, rows: list[PredictionRow]) -> bool:
+        """Queue prediction rows made elsewhere (/log), all of them or none: a sender told 503 retries the batch,
+        so a part of it must not be queued."""
+        return self._put_all(rows, lambda: self._book.unwritten.update(r.request_id for r in rows))
+
+    def _put_all(self, items: Sequence[PredictionRow | LabelUpdate], book: Callable[[], None]) -> bool:
         with self._put_lock:
-            if self._queue.maxsize > 0 and self._queue.maxsize - self._queue.qsize() < len(updates):
+            if self._queue.maxsize > 0 and self._queue.maxsize - self._queue.qsize() < len(items):
                 return False
             with self._lock:
-                self._book.queued(updates)
-            for update in updates:
-                self._queue.put_nowait(update)  # cannot be full: room was checked under the producers' lock
+                book()
+            for item in items:
+                self._queue.put_nowait(item)  # cannot be full: room was checked under the producers' lock
             self._wake_if_full()
         return True
 

@@ -5,6 +5,7 @@ are built at run time from the configured features.
 """
 
 import gzip
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any
@@ -19,12 +20,22 @@ from exporter.db import Database
 from exporter.drift_job import DriftJob, Published
 from exporter.metrics import Exposition
 from exporter.report import placeholder_page
-from exporter.schema import BatchPredictionResponse, FeedbackAccepted, PredictionResponse, batch_model, feedback_models
+from exporter.schema import (
+    BatchPredictionResponse,
+    FeedbackAccepted,
+    LogAccepted,
+    LogBatchAccepted,
+    PredictionResponse,
+    batch_model,
+    feedback_models,
+    log_models,
+)
 from exporter.security import BearerToken, protected
-from exporter.service import LabelNotAClass, PredictionService, QueueFull, UnknownRequestIds
+from exporter.service import LabelNotAClass, Logged, PredictionService, QueueFull, UnknownRequestIds
 from exporter.store import DatabaseUnavailable
 
 RETRY_AFTER_SECONDS = 5  # told to /feedback clients when the database is down or the queue full (the writer's backoff)
+FUTURE_SECONDS = 60.0  # a logged prediction's timestamp may be this far ahead (clock skew), no more
 
 Predict = Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]
 
@@ -70,7 +81,7 @@ def drift_body(settings: Settings, run: Published, quality_reference: dict[str, 
     }
 
 
-def build_router(served: Served, predict_records: Predict) -> APIRouter:
+def build_router(served: Served, predict_records: Predict | None) -> APIRouter:
     settings, service, job = served.settings, served.service, served.job
     router = APIRouter()
     token = BearerToken(settings.auth.token)
@@ -79,16 +90,49 @@ def build_router(served: Served, predict_records: Predict) -> APIRouter:
     Batch = batch_model(Record, settings.max_batch_records)
     Feedback, FeedbackBatch = feedback_models(settings.model.task, settings.max_batch_records)
 
-    @router.post("/predict", response_model=PredictionResponse, response_model_exclude_none=True, tags=["model"],
-                 name="predict", description="Predict one record; the prediction is logged for drift monitoring.")
-    async def predict(record: Annotated[Record, Body()]) -> Any:  # type: ignore[valid-type]
-        return (await predict_records([record.model_dump()]))[0]  # type: ignore[attr-defined]
+    LoggedRecord, LoggedBatch = log_models(Record, settings.model.task, settings.max_batch_records)
 
-    @router.post("/predict/batch", response_model=BatchPredictionResponse, response_model_exclude_none=True,
-                 tags=["model"], name="predict_batch",
-                 description="Predict up to ``max_batch_records`` records at once.")
-    async def predict_batch(batch: Batch) -> Any:  # type: ignore[valid-type]
-        return {"predictions": await predict_records([r.model_dump() for r in batch.records])}  # type: ignore[attr-defined]
+    if predict_records is not None:  # monitor-only: no model here, no /predict
+        @router.post("/predict", response_model=PredictionResponse, response_model_exclude_none=True,
+                     tags=["model"], name="predict",
+                     description="Predict one record; the prediction is logged for drift monitoring.")
+        async def predict(record: Annotated[Record, Body()]) -> Any:  # type: ignore[valid-type]
+            return (await predict_records([record.model_dump()]))[0]  # type: ignore[attr-defined]
+
+        @router.post("/predict/batch", response_model=BatchPredictionResponse, response_model_exclude_none=True,
+                     tags=["model"], name="predict_batch",
+                     description="Predict up to ``max_batch_records`` records at once.")
+        async def predict_batch(batch: Batch) -> Any:  # type: ignore[valid-type]
+            return {"predictions": await predict_records([r.model_dump() for r in batch.records])}  # type: ignore[attr-defined]
+
+    def _log(items: list[Any], loc: Callable[[int], list[str | int]]) -> list[str]:
+        now = time.time()
+        logged, problems = [], []
+        for i, item in enumerate(items):
+            at = None if item.timestamp is None else item.timestamp.timestamp()
+            why = service.check_logged(item.prediction, item.probabilities)
+            if why is None and at is not None and at > now + FUTURE_SECONDS:
+                why = f"timestamp {item.timestamp.isoformat()} is more than {FUTURE_SECONDS:.0f} s in the future"
+            if why is not None:
+                problems.append({"loc": loc(i), "msg": why, "type": "value_error"})
+            logged.append(Logged(item.features.model_dump(), item.prediction, item.probabilities, item.request_id, at))
+        if problems:  # a batch is taken whole or refused whole
+            service.count_refused(len(items))
+            raise HTTPException(422, problems)
+        try:
+            return service.log(logged)[0]
+        except QueueFull as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from exc
+
+    @router.post("/log", status_code=202, response_model=LogAccepted, tags=["log"], dependencies=private)
+    def log_one(item: LoggedRecord) -> Any:  # type: ignore[valid-type]
+        """Log one prediction of a model served elsewhere (idempotent by request_id)."""
+        return LogAccepted(request_id=_log([item], lambda i: ["body"])[0])
+
+    @router.post("/log/batch", status_code=202, response_model=LogBatchAccepted, tags=["log"], dependencies=private)
+    def log_batch(batch: LoggedBatch) -> Any:  # type: ignore[valid-type]
+        """Log up to ``max_batch_records`` predictions made elsewhere, all or none."""
+        return LogBatchAccepted(request_ids=_log(batch.records, lambda i: ["body", "records", i]))  # type: ignore[attr-defined]
 
     def _feedback(items: list[Any]) -> FeedbackAccepted:
         try:

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -23,6 +24,7 @@ from pydantic import (
 )
 
 from exporter.config import FeaturesSection
+from exporter.db import REQUEST_ID_LENGTH
 from exporter.features import BOOLEAN, INTEGER, NUMBER, STRING
 
 Number = Annotated[StrictFloat, Field(allow_inf_nan=False)]  # accepts ints, rejects "1.5" and true
@@ -59,6 +61,40 @@ def record_model(features: FeaturesSection, value_types: dict[str, str]) -> type
     return create_model("PredictionRecord", __base__=_Record, **fields)
 
 
+MAX_REQUEST_ID = 100  # characters of a caller's request_id; with ":<i>" it fits the column (db.REQUEST_ID_LENGTH)
+RequestId = Annotated[StrictStr, Field(min_length=1, max_length=MAX_REQUEST_ID), AfterValidator(_encodable)]
+
+
+def log_models(record: type[BaseModel], task: str, max_records: int) -> tuple[type[BaseModel], type[BaseModel]]:
+    """One prediction made elsewhere (/log) and a batch of them (/log/batch): the features as /predict takes them,
+    the prediction, optionally the class probabilities, the caller's request_id and when it was predicted."""
+    prediction: Any = Number if task == "regression" else Label
+    logged = create_model(
+        "LoggedPrediction",
+        __base__=_Record,
+        features=(record, ...),
+        prediction=(prediction, ...),
+        probabilities=(dict[Category, Number] | None, None),
+        request_id=(RequestId | None, None),
+        timestamp=(AwareDatetime | None, Field(default=None, description="When it was predicted (RFC 3339); "
+                                               "default: now. At most a minute ahead.")),
+    )
+    batch = create_model(
+        "LoggedPredictionBatch",
+        __base__=_Record,
+        records=(list[logged], Field(min_length=1, max_length=max_records)),  # type: ignore[valid-type]
+    )
+    return logged, batch
+
+
+class LogAccepted(BaseModel):
+    request_id: str
+
+
+class LogBatchAccepted(BaseModel):
+    request_ids: list[str]
+
+
 def batch_model(record: type[BaseModel], max_records: int) -> type[BaseModel]:
     return create_model(
         "PredictionBatch",
@@ -89,7 +125,7 @@ def feedback_models(task: str, max_records: int) -> tuple[type[BaseModel], type[
     feedback = create_model(
         "Feedback",
         __config__=ConfigDict(extra="forbid"),
-        request_id=(str, Field(min_length=1, max_length=64)),
+        request_id=(str, Field(min_length=1, max_length=REQUEST_ID_LENGTH)),
         label=(label_type, ...),
     )
     batch = create_model(

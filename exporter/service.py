@@ -8,13 +8,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from exporter.features import category_text
 from exporter.model import Model, Predictions
 from exporter.prediction_log import PredictionLog
 from exporter.startup import one_line
-from exporter.store import LabelUpdate, PredictionRow, new_request_id
+from exporter.store import DatabaseUnavailable, LabelUpdate, PredictionRow, new_request_id
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +59,36 @@ def shorten(value: Any, limit: int = 64) -> str:
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
+@dataclass(frozen=True)
+class Logged:
+    """One prediction made elsewhere (/log, /log/cloudevents), its features validated as /predict's are."""
+
+    features: dict[str, Any]
+    prediction: Any
+    probabilities: dict[str, float] | None = None
+    request_id: str | None = None
+    created_at: float | None = None  # when it was predicted (epoch seconds); None: now
+
+
 class PredictionService:
-    def __init__(self, model: Model, model_version: str, prediction_log: PredictionLog,
-                 model_calls: CallObserver | None = None) -> None:
-        self.model = model
+    def __init__(self, model: Model | None, model_version: str, prediction_log: PredictionLog,
+                 model_calls: CallObserver | None = None, classes: list[Any] | None = None) -> None:
+        self.model = model  # None: monitor-only, predictions come in through log()
         self.model_version = model_version
         self.prediction_log = prediction_log
         self.model_calls: CallObserver = model_calls or Unobserved()
-        self.classes = {category_text(c) for c in model.classes}
+        known = classes if classes is not None else (model.classes if model is not None else [])
+        self.classes = {category_text(c) for c in known}
         self.predictions_total = 0
+        self.log_accepted = 0
+        self.log_duplicates = 0
+        self.log_refused = 0
+        self.events = dict.fromkeys(("paired", "unpaired_expired", "unparsable"), 0)  # /log/cloudevents
         self.prediction_errors = 0
         self.feedback_total = 0
         self.feedback_replaced = 0
         self._counter_lock = threading.Lock()
+        self._log_lock = threading.Lock()
 
     # -- predictions -------------------------------------------------------------------------------------------
     def predict(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -81,6 +99,7 @@ class PredictionService:
         """One model call, timed and counted in the model-call histograms. ``alone``: the records are one request's,
         so a refusal is that request's error (counted, logged); a gathered batch's refusal is retried request by
         request by exporter.batching, which counts only the culprits."""
+        assert self.model is not None, "monitor-only: /predict is not served"
         started = time.perf_counter()
         try:
             result: Predictions = self.model.predict(records)
@@ -128,6 +147,66 @@ class PredictionService:
             }
             for r in rows
         ]
+
+    # -- predictions made elsewhere -------------------------------------------------------------------------------
+    def log(self, items: list[Logged]) -> tuple[list[str], int]:
+        """Queue predictions made elsewhere, all or none (QueueFull); their request ids, and how many of them
+        were duplicates. A request_id already logged (queued, in the table, or earlier in the batch) is ignored
+        and counted: senders deliver at least once. While the database is down the table cannot be asked; the
+        rows are queued, and the writer skips any that are already in the table."""
+        ids = [item.request_id or new_request_id() for item in items]
+        given = [rid for rid, item in zip(ids, items, strict=True) if item.request_id is not None]
+        try:
+            known = set(self.prediction_log.current_labels(given)) if given else set()
+        except DatabaseUnavailable:
+            known = set()
+        now = time.time()
+        with self._log_lock:  # one check-then-queue at a time: two retries of one record race otherwise
+            seen: set[str] = set()
+            rows = []
+            for rid, item in zip(ids, items, strict=True):
+                if rid in known or rid in seen or (item.request_id is not None and self._queued(rid)):
+                    continue
+                seen.add(rid)
+                rows.append(PredictionRow(rid, item.created_at or now, self.model_version, item.features,
+                                          item.prediction, item.probabilities))
+            if not self.prediction_log.enqueue_all(rows):
+                self.count_refused(len(items))
+                raise QueueFull("prediction log queue is full; retry later")
+        duplicates = len(items) - len(rows)
+        with self._counter_lock:
+            self.predictions_total += len(rows)
+            self.log_accepted += len(rows)
+            self.log_duplicates += duplicates
+        return ids, duplicates
+
+    def check_logged(self, prediction: Any, probabilities: dict[str, float] | None) -> str | None:
+        """Why a logged prediction cannot be taken (None: it can): a class the reference never predicted, or
+        probabilities that are not a distribution over the classes."""
+        if self.classes and category_text(prediction) not in self.classes:
+            return f"prediction {shorten(prediction)} is not among the model's classes {sorted(self.classes)}"
+        if probabilities is not None:
+            if not self.classes:
+                return "probabilities are for classification models"
+            if set(probabilities) != self.classes:
+                return f"probabilities must have the model's classes {sorted(self.classes)} as keys"
+            if any(not 0 <= p <= 1 for p in probabilities.values()):
+                return "probabilities must be in [0, 1]"
+            if abs(sum(probabilities.values()) - 1) > 1e-6:
+                return f"probabilities must sum to 1 (within 1e-6), not {sum(probabilities.values())!r}"
+        return None
+
+    def count_events(self, outcome: str, events: int = 1) -> None:
+        with self._counter_lock:
+            self.events[outcome] += events
+
+    def _queued(self, request_id: str) -> bool:
+        return self.prediction_log.pending_label(request_id)[0]
+
+    def count_refused(self, rows: int) -> None:
+        """Logged rows refused (bad input or a full queue): counted, whatever refused them."""
+        with self._counter_lock:
+            self.log_refused += rows
 
     def _count_error(self) -> None:
         with self._counter_lock:

@@ -34,7 +34,12 @@ class WorkerCounters:
     """This worker's counts, added to the multiprocess files."""
 
     def __init__(self, sources: MetricSources) -> None:
-        self.counters = {c.name: Counter(c.name, c.help, registry=None) for c in COUNTERS}
+        families: dict[str, Counter] = {}
+        for c in COUNTERS:  # one prometheus_client object per family: two for one name would share a file entry
+            if c.name not in families:
+                families[c.name] = Counter(c.name, c.help, labelnames=[c.label[0]] if c.label else (), registry=None)
+        self.counters = {c.key: families[c.name].labels(c.label[1]) if c.label else families[c.name]
+                         for c in COUNTERS}
         self.synced = dict.fromkeys(self.counters, 0.0)
         self.queue = Gauge(QUEUE_GAUGE, QUEUE_HELP, registry=None, multiprocess_mode="livesum")
         self.sources = sources
@@ -47,9 +52,9 @@ class WorkerCounters:
             counted = self.sources.counted()
             for c in COUNTERS:
                 now = float(c.value(counted))
-                if now > self.synced[c.name]:
-                    self.counters[c.name].inc(now - self.synced[c.name])
-                    self.synced[c.name] = now
+                if now > self.synced[c.key]:
+                    self.counters[c.key].inc(now - self.synced[c.key])
+                    self.synced[c.key] = now
             self.queue.set(self.sources.log.queued)
 
     def start(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from pydantic import BaseModel
@@ -19,9 +20,9 @@ from exporter.config import Settings
 from exporter.db import Database, StoreNotWritable
 from exporter.drift import CATEGORICAL, NUMERICAL, MethodOverride, Reference
 from exporter.estimation import EstimationSetup, setup_from_reference
-from exporter.features import FeatureTypeError, FeatureTypes, read_reference
+from exporter.features import FeatureTypeError, FeatureTypes, category_text, read_reference
 from exporter.guard import RequestPathError, check_request_path
-from exporter.model import Model
+from exporter.model import Model, plain
 from exporter.quality import quality
 from exporter.reference_check import ReferenceCheck
 from exporter.run import JobSpec
@@ -45,9 +46,10 @@ class Parts:
     drift job derives from it."""
 
     settings: Settings
-    model: Model
+    model: Model | None  # None: monitor-only, the model is served elsewhere
     record_model: type[BaseModel]
     reference: Reference
+    classes: list[Any]  # a classifier's classes (the model's, or the reference predictions'); [] for regression
     quality_reference: dict[str, float] = field(default_factory=dict)
     estimation: EstimationSetup | None = None
     reference_check: ReferenceCheck | None = None
@@ -65,7 +67,7 @@ class Parts:
             drift_share=cfg.drift_share,
             report=cfg.report,
             task=s.model.task,
-            classes=self.model.classes,
+            classes=self.classes,
             with_quality=s.target is not None,
             model_version=s.model.version,
             overrides={name: MethodOverride(c.method, c.threshold) for name, c in cfg.per_feature.items()},
@@ -116,17 +118,20 @@ def build(settings: Settings) -> Parts:
         types = FeatureTypes.from_reference(frame, features.numerical, features.categorical, features.category_types)
     except FeatureTypeError as exc:
         raise StartupError(f"{ref_path}: {exc}") from exc
-    model_path = settings.resolve(settings.model.path)
-    try:
-        model = Model.load(model_path, types, settings.model.task)
-    except Exception as exc:
-        raise StartupError(str(exc)) from exc
     record = record_model(features, types.value_types())
-    try:
-        checked = check_request_path(model, record, frame)
-    except RequestPathError as exc:
-        raise StartupError(f"{ref_path}: {exc}") from exc
+    model, checked, model_path = None, 0, None
+    if settings.model.path is not None:
+        model_path = settings.resolve(settings.model.path)
+        try:
+            model = Model.load(model_path, types, settings.model.task)
+        except Exception as exc:
+            raise StartupError(str(exc)) from exc
+        try:
+            checked = check_request_path(model, record, frame)
+        except RequestPathError as exc:
+            raise StartupError(f"{ref_path}: {exc}") from exc
     predictions, probabilities = _reference_predictions(settings, model, frame, ref_path)
+    classes = model.classes if model is not None else _logged_classes(settings, predictions)
     prediction_type = NUMERICAL if settings.model.task == "regression" else CATEGORICAL
     try:
         reference = Reference(frame, features.numerical, features.categorical, predictions, prediction_type)
@@ -144,23 +149,65 @@ def build(settings: Settings) -> Parts:
             frame.loc[labelled, target].tolist(),
             predictions[labelled].tolist(),
             None if probabilities is None else [p for p, ok in zip(probabilities, labelled, strict=True) if ok],
-            model.classes,
+            classes,
         ).metrics
-        estimation = setup_from_reference(settings.model.task, model.classes, frame, target, predictions,
+        if settings.model.task == "classification" and probabilities is None and model is None:
+            log.warning("quality estimation off: it needs the model's probabilities on the reference "
+                        "(reference.probability_columns)")
+        estimation = setup_from_reference(settings.model.task, classes, frame, target, predictions,
                                           probabilities, features.numerical, features.categorical)
-        if estimation is not None and settings.reference.check_held_out:
+        if estimation is not None and settings.reference.check_held_out and model is not None:
             check = ReferenceCheck.of(str(model_path), settings.model.task, frame, model.features, target, predictions)
-    return Parts(settings, model, record, reference, baseline, estimation, check, checked)
+    return Parts(settings, model, record, reference, classes, baseline, estimation, check, checked)
+
+
+def _logged_classes(settings: Settings, predictions: pd.Series) -> list[Any]:
+    """Monitor-only: the classes are those of the reference predictions and probability columns, one value per
+    text, in the order of their text (the order of a V2 probabilities tensor)."""
+    if settings.model.task != "classification":
+        return []
+    by_text: dict[str, Any] = {}
+    for value in [*predictions.dropna().tolist(), *(settings.reference.probability_columns or {})]:
+        by_text.setdefault(category_text(value), plain(value))
+    return [by_text[text] for text in sorted(by_text)]
+
+
+def _reference_probabilities(settings: Settings, frame: pd.DataFrame, ref_path: Path,
+                             classes: list[Any]) -> list[dict[str, float]] | None:
+    columns = settings.reference.probability_columns
+    if columns is None:
+        return None
+    missing = [c for c in columns.values() if c not in frame.columns]
+    if missing:
+        raise StartupError(f"{ref_path}: reference data lacks probability column(s): {', '.join(missing)}")
+    texts = [category_text(c) for c in classes]
+    absent = [t for t in texts if t not in columns]
+    if absent:
+        raise StartupError(f"reference.probability_columns: no column for class(es) {', '.join(absent)} of the "
+                           "reference predictions")
+    values = frame[[columns[t] for t in texts]].astype(float)
+    if values.isna().any().any() or not ((values >= 0) & (values <= 1)).all().all():
+        raise StartupError(f"{ref_path}: probability columns must hold numbers in [0, 1], with no gaps")
+    off = (values.sum(axis=1) - 1).abs() > 1e-6
+    if off.any():
+        raise StartupError(f"{ref_path}: the probability columns of {int(off.sum())} reference row(s) do not sum "
+                           "to 1")
+    return [dict(zip(texts, row, strict=True)) for row in values.itertuples(index=False, name=None)]
 
 
 def _reference_predictions(
-    settings: Settings, model: Model, frame: pd.DataFrame, ref_path: Path
+    settings: Settings, model: Model | None, frame: pd.DataFrame, ref_path: Path
 ) -> tuple[pd.Series, list[dict[str, float]] | None]:
     column = settings.reference.prediction_column
     if column is not None:
         if column not in frame.columns:
             raise StartupError(f"{ref_path}: reference data lacks the prediction column {column!r}")
+        if model is None:
+            probabilities = _reference_probabilities(settings, frame, ref_path,
+                                                     _logged_classes(settings, frame[column]))
+            return frame[column], probabilities
         return frame[column], None
+    assert model is not None  # the settings require a prediction column without a model
     try:
         predicted = model.predict_frame(frame)
     except Exception as exc:

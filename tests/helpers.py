@@ -47,14 +47,15 @@ def deep_update(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]
     return base
 
 
-def config_folder(demo_dir: Path, dest: Path, **changes: Any) -> Path:
-    """A copy of the demo folder with ``changes`` merged into its config.yaml; returns the config path."""
+def config_folder(demo_dir: Path, dest: Path, config_name: str = "config.yaml", **changes: Any) -> Path:
+    """A copy of the demo folder with ``changes`` merged into its ``config_name`` (the served model's config.yaml,
+    or monitor.yaml, monitor-only); returns the config path."""
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("model.joblib", "reference.csv"):
+    for name in ("model.joblib", "reference.csv", "reference_logged.csv"):
         shutil.copy(demo_dir / name, dest / name)
-    config = yaml.safe_load((demo_dir / "config.yaml").read_text())
+    config = yaml.safe_load((demo_dir / config_name).read_text())
     deep_update(config, changes)
-    path = dest / "config.yaml"
+    path = dest / config_name
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 

@@ -75,6 +75,47 @@ max_batch_records: 1000       # records accepted by one /predict/batch call
 """
 
 
+MONITOR_CONFIG = "monitor.yaml"
+MONITOR_REFERENCE = "reference_logged.csv"
+MONITOR_TEMPLATE = """\
+# Monitor-only configuration (written by `exporter demo`): the same penguins model, served elsewhere.
+# No model.path: /predict is off. The model's server sends its predictions to /log, /log/batch (or the Python
+# client, exporter.client.PredictionLogger) or, from KServe or Seldon Core, its payload logger's CloudEvents to
+# /log/cloudevents. Run it with: exporter serve --config monitor.yaml
+
+model:
+  name: penguins
+  version: "1"
+  task: classification
+
+reference:
+  path: {reference}   # the reference rows with the served model's predictions and probabilities on them
+  prediction_column: prediction
+  probability_columns: {{{probabilities}}}   # estimated quality needs them
+
+features:
+  numerical: [bill_length_mm, bill_depth_mm, flipper_length_mm, body_mass_g]
+  categorical: [island, sex]
+  nullable: [bill_depth_mm, sex]
+
+target: species
+
+database_url: sqlite:///monitor.db
+
+log:
+  # Positional inputs (KServe V1 instances as lists, or one V2 tensor [n, k]) are these features, in this order.
+  input_columns: [bill_length_mm, bill_depth_mm, flipper_length_mm, body_mass_g, island, sex]
+  # prediction_output: predict        # the V2 output holding the predictions (with one output, that one)
+  # probabilities_output: predict_proba   # a V2 output [n, classes], classes in sorted order
+  pair_timeout_seconds: 60    # a request event whose response has not arrived by then is dropped and counted
+
+drift:
+  window_size: 3000
+  min_rows: 100
+  interval_seconds: 60
+"""
+
+
 def load_dataset() -> pd.DataFrame:
     """Penguins rows with every feature and the species present."""
     import palmerpenguins
@@ -129,6 +170,16 @@ def write_demo(out: Path) -> Path:
     frame.to_csv(out / "reference.csv", index=False)
     config = out / "config.yaml"
     config.write_text(CONFIG_TEMPLATE)
+    # Monitor-only: the reference with what the served model answers on it, as its own server would record them.
+    logged = frame.copy()
+    logged["prediction"] = model.predict(frame[NUMERICAL + CATEGORICAL])
+    columns = {}
+    for cls, column in zip(model.classes_, model.predict_proba(frame[NUMERICAL + CATEGORICAL]).T, strict=True):
+        columns[str(cls)] = f"proba_{cls}"
+        logged[f"proba_{cls}"] = column
+    logged.to_csv(out / MONITOR_REFERENCE, index=False)
+    probabilities = ", ".join(f"{cls}: {column}" for cls, column in columns.items())
+    (out / MONITOR_CONFIG).write_text(MONITOR_TEMPLATE.format(reference=MONITOR_REFERENCE, probabilities=probabilities))
     return config
 
 
