@@ -98,7 +98,9 @@ class LiveServer:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60, retries: int = 2) -> LiveServer:
-        self._log = self.log_path.open("wb")
+        """Start (or, once stopped, start again on the same port: its log goes on in the same file)."""
+        self._log = self.log_path.open("ab" if self.proc is not None else "wb")
+        started_before = self.log().count(f"127.0.0.1:{self.port}")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "exporter.cli", "serve", "--config", str(self.config), "--host", "127.0.0.1",
              "--port", str(self.port), "--workers", str(self.workers)],
@@ -108,7 +110,8 @@ class LiveServer:
             wait_http(f"{self.url}/healthz", self.proc, timeout, "exporter serve", self.log)
             # Another test's server may have taken the same free port first and answered: only this process's
             # own "running on" line says the answer was its own.
-            wait_until(lambda: f"127.0.0.1:{self.port}" in self.log() or self.proc.poll() is not None, timeout,
+            wait_until(lambda: self.log().count(f"127.0.0.1:{self.port}") > started_before
+                       or self.proc.poll() is not None, timeout,
                        what="this server's own start", details=self.log)
             if self.proc.poll() is not None:
                 raise RuntimeError(f"exporter serve exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
