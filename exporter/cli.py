@@ -130,6 +130,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     config = write_demo(Path(args.out))
     print(f"wrote {config.parent}/model.joblib, reference.csv and config.yaml")
     print(f"serve it with: exporter serve --config {config}")
+    print(f"monitor-only (the model served elsewhere): exporter serve --config {config.parent / 'monitor.yaml'}")
     return 0
 
 
@@ -144,6 +145,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _fail(str(exc))
     url = args.url.rstrip("/")
+    local = _local_model(args.model) if args.via == "log" else None
     sent = failed = labelled = 0
     interval = 1.0 / args.rate if args.rate > 0 else 0.0
     batch = max(1, args.batch_size)
@@ -155,7 +157,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             n = min(batch, args.rows - sent - failed)
             records, truth = traffic.records(n)
             try:
-                if n == 1:
+                if local is not None:
+                    logged = _logged(local, records)
+                    resp = client.post(f"{url}/log/batch", json={"records": logged})
+                    answers = ([{"request_id": rid, "prediction": r["prediction"]} for rid, r in
+                                zip(resp.json()["request_ids"], logged, strict=True)]
+                               if resp.status_code == 202 else [])
+                elif n == 1:
                     resp = client.post(f"{url}/predict", json=records[0])
                     answers = [resp.json()] if resp.status_code == 200 else []
                 else:
@@ -179,6 +187,29 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                 time.sleep(ahead)
     print(f"sent {sent} rows, {failed} failed, {labelled} labelled")
     return 0 if failed == 0 else 1
+
+
+def _local_model(path: str | None) -> Any:
+    """The model a monitor-only service's traffic is predicted with, here: a joblib file, or the demo's own."""
+    import joblib
+
+    if path is not None:
+        return joblib.load(path)
+    from exporter.demo import build_pipeline, load_dataset, training_rows
+
+    return build_pipeline().fit(*training_rows(load_dataset()))
+
+
+def _logged(model: Any, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """/log records: what the model served elsewhere answers for ``records``, probabilities included."""
+    import pandas as pd
+
+    frame = pd.DataFrame.from_records(records)
+    out = []
+    for record, prediction, proba in zip(records, model.predict(frame), model.predict_proba(frame), strict=True):
+        out.append({"features": record, "prediction": prediction.item() if hasattr(prediction, "item") else prediction,
+                    "probabilities": {str(c): float(p) for c, p in zip(model.classes_, proba, strict=True)}})
+    return out
 
 
 def _auth_headers(token: str | None) -> dict[str, str]:
@@ -317,6 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--labels", action="store_true", help="also send the true labels to /feedback/batch")
     sim.add_argument("--label-error-rate", type=float, default=0.0, help="share of labels sent wrong on purpose")
     sim.add_argument("--seed", type=int, default=None)
+    sim.add_argument("--via", choices=["predict", "log"], default="predict",
+                     help="predict: the service predicts (/predict); log: a local copy of the model predicts and the "
+                          "predictions are logged to /log (a monitor-only service)")
+    sim.add_argument("--model", help="with --via log: the joblib model that predicts (default: the demo model, "
+                                     "trained here as `exporter demo` trains it)")
     sim.add_argument("--token", default=os.environ.get("EXPORTER_TOKEN"), help="bearer token, if the API needs one")
     sim.set_defaults(func=cmd_simulate)
 

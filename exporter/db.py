@@ -70,6 +70,17 @@ runs_table = Table(
     Column("result", Text, nullable=False),  # JSON: drift, quality, estimated quality, the report's column verdicts
     Column("report", LargeBinary, nullable=True),  # the gzipped HTML report
 )
+# Halves of payload-logger event pairs (/log/cloudevents) waiting for their partner. In the database, not in a
+# process: a request and its response may reach different workers or replicas.
+pending_events_table = Table(
+    "pending_events",
+    metadata,
+    Column("event_id", String(REQUEST_ID_LENGTH), primary_key=True),
+    Column("kind", String(8), primary_key=True),  # request or response
+    Column("received_at", Float, nullable=False, index=True),
+    Column("created_at", Float, nullable=True),  # the event's time (ce-time), when it has one
+    Column("data", Text, nullable=False),  # the event's JSON body
+)
 
 # /readyz may be asked by several probes and load balancers at once: one ping per interval answers them all.
 CHECK_INTERVAL_SECONDS = 1.0

@@ -12,9 +12,11 @@ log = logging.getLogger(__name__)
 
 
 class DriftScheduler:
-    def __init__(self, tick: Callable[[], None], interval_seconds: float) -> None:
+    def __init__(self, tick: Callable[[], None], interval_seconds: float,
+                 also: dict[str, tuple[Callable[[], None], float]] | None = None) -> None:
         self.tick = tick
         self.interval = interval_seconds
+        self.also = also or {}  # name -> (chore, seconds): housekeeping on the same thread pool, e.g. event expiry
         self._scheduler = BackgroundScheduler(
             timezone=UTC,
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": max(1, int(interval_seconds))},
@@ -30,6 +32,8 @@ class DriftScheduler:
             name="drift",
             next_run_time=datetime.now(UTC),
         )
+        for name, (chore, seconds) in self.also.items():
+            self._scheduler.add_job(chore, "interval", seconds=seconds, id=name, name=name)
         self._scheduler.start()
 
     def stop(self) -> None:

@@ -19,10 +19,12 @@ from typing import Any
 import orjson
 import pandas as pd
 import uuid_utils
-from sqlalchemy import bindparam, func, select, text
+from sqlalchemy import bindparam, delete, func, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 
-from exporter.db import LABELLED_INDEX, Database, make_engine, predictions_table, runs_table
+from exporter.db import LABELLED_INDEX, Database, make_engine, pending_events_table, predictions_table, runs_table
 from exporter.drift import DriftResult
 from exporter.estimation import EstimateResult
 from exporter.quality import QualityResult
@@ -325,3 +327,47 @@ class RunStore:
         return StoredRun(int(row["id"]), float(row["created_at"]), DriftResult.from_dict(doc["drift"]),
                          None if quality is None else QualityResult.from_dict(quality), report,
                          None if estimate is None else EstimateResult.from_dict(estimate))
+
+
+@dataclass(frozen=True)
+class PendingEvent:
+    kind: str
+    data: str  # JSON
+    created_at: float | None
+
+
+class EventPairs:
+    """Halves of request/response event pairs in the pending_events table, where every process of a deployment
+    finds them: ``offer`` keeps a half, and hands back both once its partner is there, to exactly one caller."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def offer(self, event_id: str, kind: str, data: str, created_at: float | None,
+              now: float) -> dict[str, PendingEvent] | None:
+        """Keep this half (a copy delivered again is kept once); both halves by kind when the pair is complete
+        and this call took it, else None."""
+        t = pending_events_table
+        dialect_insert = sqlite_insert if self.db.backend == "sqlite" else pg_insert
+        keep = dialect_insert(t).values(event_id=event_id, kind=kind, received_at=now, created_at=created_at,
+                                        data=data).on_conflict_do_nothing()
+        both = select(func.count()).select_from(t).where(t.c.event_id == event_id).scalar_subquery()
+        # Two processes holding the two halves both try; the one whose DELETE removes the rows has the pair.
+        take = delete(t).where(t.c.event_id == event_id, both == 2).returning(t.c.kind, t.c.data, t.c.created_at)
+        with self.db.engine.begin() as conn:
+            conn.execute(keep)
+        with self.db.engine.begin() as conn:
+            rows = conn.execute(take).all()
+        if len(rows) != 2:
+            return None
+        return {r.kind: PendingEvent(r.kind, r.data, r.created_at) for r in rows}
+
+    def expire(self, older_than: float) -> int:
+        """Delete the halves received before ``older_than``; how many (each counted by one process only)."""
+        t = pending_events_table
+        with self.db.engine.begin() as conn:
+            return len(conn.execute(delete(t).where(t.c.received_at < older_than).returning(t.c.event_id)).all())
+
+    def waiting(self) -> int:
+        with self.db.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(pending_events_table)).scalar_one())

@@ -22,7 +22,11 @@ def test_demo_writes_model_reference_and_commented_config(tmp_path: Path) -> Non
     proc = run("demo", "--out", str(tmp_path / "d"))
     assert proc.returncode == 0, proc.stderr
     files = {p.name for p in (tmp_path / "d").iterdir()}
-    assert files == {"model.joblib", "reference.csv", "config.yaml"}
+    assert files == {"model.joblib", "reference.csv", "config.yaml", "monitor.yaml", "reference_logged.csv"}
+    assert "monitor.yaml" in proc.stdout
+    monitor = yaml.safe_load((tmp_path / "d" / "monitor.yaml").read_text())
+    assert "path" not in monitor["model"]  # monitor-only
+    assert monitor["reference"]["probability_columns"] == {c: f"proba_{c}" for c in ("Adelie", "Chinstrap", "Gentoo")}
     text = (tmp_path / "d" / "config.yaml").read_text()
     assert text.count("#") > 10  # commented for the user
     config = yaml.safe_load(text)
@@ -49,6 +53,27 @@ def test_simulate_then_drift_table(demo_dir: Path, tmp_path: Path) -> None:
     accuracy = float(table.stdout.split("accuracy ")[1].split()[0])
     assert 0.35 < accuracy < 0.65  # half the labels were sent wrong on purpose
     # estimated without labels (so the wrong labels do not move it), with its 99% band
+    assert "estimated quality over 400 predictions (cbpe, 99% band): accuracy " in table.stdout
+
+
+def test_simulate_via_log_to_a_monitor_only_service(demo_dir: Path, tmp_path: Path) -> None:
+    """A local copy of the demo model predicts; its predictions are logged; the drift table and the quality are
+    those of the logged rows."""
+    config = config_folder(demo_dir, tmp_path, "monitor.yaml",
+                           drift={"window_size": 400, "min_rows": 50, "interval_seconds": 3600})
+    with live_server(config) as server:
+        proc = run("simulate", "--url", server.url, "--via", "log", "--rows", "400", "--rate", "0", "--scenario",
+                   "shift", "--batch-size", "50", "--seed", "4", "--labels")
+        assert proc.returncode == 0, proc.stderr
+        assert "sent 400 rows, 0 failed, 400 labelled" in proc.stdout
+        metrics = server.wait_for(lambda m: m if sample(m, "model_prediction_log_written_total") == 400 else None)
+        assert sample(metrics, "model_log_records_total", outcome="accepted") == 400
+    table = run("drift", "--config", str(config))
+    assert table.returncode == 0, table.stderr
+    lines = {line.split("│")[1].strip(): line for line in table.stdout.splitlines() if line.count("│") > 5}
+    assert "yes" in lines["bill_length_mm"] and "no" in lines["island"]  # the shift, and only it
+    accuracy = float(table.stdout.split("accuracy ")[1].split()[0])
+    assert accuracy < 0.95  # shifted bills mislead the model: the true labels say so
     assert "estimated quality over 400 predictions (cbpe, 99% band): accuracy " in table.stdout
 
 
