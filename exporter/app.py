@@ -21,6 +21,7 @@ from exporter import __version__
 from exporter.batching import ArrivalCounter, Batcher
 from exporter.config import Settings
 from exporter.drift_job import DriftJob
+from exporter.event_intake import EventIntake
 from exporter.locks import job_lock
 from exporter.metrics import Exposition, MetricSources, ModelCallMetrics
 from exporter.prediction_log import PredictionLog
@@ -30,7 +31,7 @@ from exporter.security import BodySizeLimit
 from exporter.service import PredictionError, PredictionService, shorten
 from exporter.shared_metrics import WorkerCounters, multiprocess_mode, summed_collector
 from exporter.startup import Parts, build, open_database
-from exporter.store import PredictionStore, RunStore
+from exporter.store import EventPairs, PredictionStore, RunStore
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,10 @@ def create_app(settings: Settings, *, start_scheduler: bool = True, parts: Parts
     sources = MetricSources(settings, parts.reference.hash, parts.quality_reference, service, prediction_log, job)
     shared = WorkerCounters(sources) if shared_mode else None
     exposition = Exposition(sources, registry, summed_collector(shared) if shared else None)
-    scheduler = DriftScheduler(job.tick, settings.drift.interval_seconds)
+    intake = EventIntake(service, EventPairs(db), parts.record_model, settings.log)
+    # Halves past their timeout are counted within a quarter of it (10 s at most, 1 s at least).
+    expiry = min(10.0, max(1.0, settings.log.pair_timeout_seconds / 4))
+    scheduler = DriftScheduler(job.tick, settings.drift.interval_seconds, {"expire-events": (intake.expire, expiry)})
     cap = settings.batching.max_batch_size
     batcher = Batcher(service, cap, settings.batching.max_wait_ms) if cap > 1 and parts.model is not None else None
 
@@ -164,6 +168,7 @@ def create_app(settings: Settings, *, start_scheduler: bool = True, parts: Parts
     app.state.registry = registry
     app.state.exposition = exposition
     app.state.scheduler = scheduler
+    app.state.intake = intake
 
     # With several workers the HTTP metrics reach /metrics through the multiprocess files (shared_metrics), not
     # through this worker's registry, which would show this worker's share alone.
@@ -176,7 +181,7 @@ def create_app(settings: Settings, *, start_scheduler: bool = True, parts: Parts
         metrics.default(latency_lowr_buckets=LATENCY_BUCKETS, registry=http_registry)
     ).instrument(app)
 
-    served = Served(settings, service, job, db, exposition, parts.record_model, parts.quality_reference,
+    served = Served(settings, service, job, db, exposition, parts.record_model, intake, parts.quality_reference,
                     parts.reference.rows)
     predict = None if parts.model is None else batcher.predict if batcher is not None else in_threadpool(service)
     app.include_router(build_router(served, predict))

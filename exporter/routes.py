@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from exporter.config import Settings
 from exporter.db import Database
 from exporter.drift_job import DriftJob, Published
+from exporter.event_intake import EventIntake, EventRefused
 from exporter.metrics import Exposition
 from exporter.report import placeholder_page
 from exporter.schema import (
@@ -50,6 +51,7 @@ class Served:
     db: Database
     exposition: Exposition
     record: type[BaseModel]  # one /predict record, from the configured features
+    intake: EventIntake  # /log/cloudevents
     quality_reference: dict[str, float]
     reference_rows: int
 
@@ -156,6 +158,23 @@ def build_router(served: Served, predict_records: Predict | None) -> APIRouter:
     def feedback_batch(batch: FeedbackBatch) -> Any:  # type: ignore[valid-type]
         """Attach labels to several predictions; all-or-nothing when a request_id is unknown."""
         return _feedback(batch.labels)  # type: ignore[attr-defined]
+
+    @router.post(
+        "/log/cloudevents", status_code=202, tags=["log"],
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "application/cloudevents+json": {"schema": {"type": "object"}},
+            "application/json": {"schema": {"type": "object"}}}}},
+    )
+    async def log_cloudevents(request: Request) -> Any:
+        """A KServe or Seldon Core payload-logger CloudEvent (binary or structured mode): a request and its
+        response (the same ce-id; Seldon: ce-requestid) make the rows, whichever arrives first. Open like /metrics:
+        the loggers send no credentials, so keep it reachable from the cluster only."""
+        body = await request.body()
+        try:
+            return await run_in_threadpool(served.intake.take, request.headers, body)
+        except EventRefused as exc:
+            headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if exc.status == 503 else None
+            raise HTTPException(exc.status, exc.detail, headers=headers) from exc
 
     @router.get("/metrics", tags=["monitoring"], dependencies=protected(token, settings.auth.protect_metrics))
     def prometheus_metrics() -> Response:

@@ -196,6 +196,10 @@ class PredictionService:
                 return f"probabilities must sum to 1 (within 1e-6), not {sum(probabilities.values())!r}"
         return None
 
+    def count_duplicates(self, rows: int) -> None:
+        with self._counter_lock:
+            self.log_duplicates += rows
+
     def count_events(self, outcome: str, events: int = 1) -> None:
         with self._counter_lock:
             self.events[outcome] += events
