@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.helpers import InProcessServer, config_folder, flush, quiet, sample
@@ -72,6 +73,10 @@ def test_schemathesis_finds_no_server_error(demo_dir: Path, tmp_path: Path) -> N
         assert int(generated.group(1)) >= 1000, out[-3000:]
         assert proc.returncode == 0, out[-5000:]
         assert "Server error" not in out
+        paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
+        assert {"/predict", "/log", "/log/batch", "/log/cloudevents", "/feedback"} <= set(paths)
+        operations = sum(len(methods) for methods in paths.values())
+        assert f"Tested: {operations}" in out, out[-3000:]  # every route, the log routes included
         flush(server)
         server.app.state.job.tick()
         metrics = server.metrics()
