@@ -56,6 +56,7 @@ class EventIntake:
         self.decoding = Decoding(cfg.input_columns, cfg.prediction_output, cfg.probabilities_output,
                                  sorted(service.classes))
         self._failing = False
+        self.clock = time.time  # when halves arrive and expire
 
     def take(self, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
         """One event: refused (EventRefused), kept until its partner comes, or paired and logged."""
@@ -80,7 +81,7 @@ class EventIntake:
         created_at = event.time.timestamp() if event.time is not None and event.kind == REQUEST else None
         data = orjson.dumps(event.data).decode()
         try:
-            halves = self.pairs.offer(key, event.kind, data, created_at, time.time())
+            halves = self.pairs.offer(key, event.kind, data, created_at, self.clock())
         except sa_exc.SQLAlchemyError as exc:
             self._database_failing(exc)
             raise EventRefused(503, "database unavailable: the event cannot be kept for its partner; retry later"
@@ -106,7 +107,7 @@ class EventIntake:
         except QueueFull as exc:
             # Both halves back, so that the sender's retry pairs them again.
             for half in (request, response):
-                self.pairs.offer(key, half.kind, half.data, half.created_at, time.time())
+                self.pairs.offer(key, half.kind, half.data, half.created_at, self.clock())
             raise EventRefused(503, str(exc)) from exc
         self.service.count_events("paired", 2)
         return {"status": "logged", "request_ids": [row.request_id for row in logged]}
@@ -114,7 +115,7 @@ class EventIntake:
     def expire(self) -> None:
         """Delete and count the halves whose partner has not come in time (a scheduler chore)."""
         try:
-            expired = self.pairs.expire(time.time() - self.timeout)
+            expired = self.pairs.expire(self.clock() - self.timeout)
         except sa_exc.SQLAlchemyError as exc:
             self._database_failing(exc)
             return
