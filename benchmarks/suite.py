@@ -17,7 +17,8 @@ from typing import Any
 
 from benchmarks.common import BENCH_DIR, ROOT, busy_processes, loadavg, machine_info, write_json
 
-SECTIONS = ("logging", "batching", "drift_latency", "drift", "estimation", "metrics", "memory", "scaleout")
+SECTIONS = ("logging", "batching", "drift_latency", "drift", "estimation", "metrics", "memory", "log_intake",
+            "scaleout")
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,20 @@ TARGETS = [
     Target("rss_ratio_1m_vs_100k", "RSS after 1M / after 100k rows (does not grow)", "<=", 1.10),
     Target("store_window_3000_ms_1m_rows", "drift job window query (3000 rows) on a 1M-row table (ms)", "", None,
            "{:.1f}"),
+    # log_intake: monitor-only intake (predictions made elsewhere), SQLite
+    Target("log_batch_rows_per_s_100", "/log/batch rows/s, batches of 100 (monitor-only, SQLite)", "", None,
+           "{:.0f}"),
+    Target("log_batch_rows_per_s_1000", "/log/batch rows/s, batches of 1000 (monitor-only, SQLite)", "", None,
+           "{:.0f}"),
+    Target("log_batch_rows_written_share", "/log/batch rows in the table / rows accepted", "", None, "{:.4f}"),
+    Target("log_cloudevents_events_per_s", "/log/cloudevents events/s, KServe V1 pairs of 5 instances", "", None,
+           "{:.0f}"),
+    Target("log_cloudevents_rows_written_share", "/log/cloudevents rows in the table / rows paired", "", None,
+           "{:.4f}"),
+    Target("log_predict_p99_ratio_under_logging", "/predict p99, a sender on /log/batch at full rate / none", "",
+           None),
+    Target("log_predict_throughput_ratio_under_logging", "/predict throughput, sender on /log/batch / none", "",
+           None),
     # scaleout: retention on a 1M-row table (SQLite; PostgreSQL when reachable), --workers 2 vs 1
     Target("prune_seconds_sqlite", "retention: seconds in prune ticks to delete 500k of 1M rows, SQLite", "", None,
            "{:.1f}"),
@@ -177,6 +192,10 @@ def run_section(name: str, quick: bool, log: Callable[[str], None], concurrency:
         return run_metrics(quick, log)
     if name == "memory":
         return bench_memory(quick, log)
+    if name == "log_intake":
+        from benchmarks.log_bench import run as run_log_intake
+
+        return run_log_intake(quick, log, concurrency)
     if name == "scaleout":
         from benchmarks.scaleout import run as run_scaleout
 

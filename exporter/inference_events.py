@@ -28,7 +28,8 @@ from typing import Any, Final
 
 import orjson
 from cloudevents.core.base import BaseCloudEvent
-from cloudevents.core.bindings.http import HTTPMessage, from_http
+from cloudevents.core.bindings.common import get_event_factory_for_version
+from cloudevents.core.bindings.http import HTTPMessage, from_binary, from_structured
 from cloudevents.core.exceptions import BaseCloudEventException, CloudEventValidationError
 from cloudevents.core.formats.json import JSONFormat
 
@@ -107,17 +108,33 @@ def parse_event(headers: Mapping[str, str], body: bytes) -> InferenceEvent:
     """One HTTP CloudEvent, binary mode (``ce-*`` headers and the payload as body) or structured mode
     (``content-type: application/cloudevents+json``), with an accepted type and a JSON object as data."""
     lowered = {str(k).lower(): str(v) for k, v in headers.items()}
-    if not any(k.startswith("ce-") for k in lowered):
-        content_type = lowered.get("content-type", "").split(";")[0].strip().lower()
-        if content_type == "application/cloudevents-batch+json":
-            raise EventError("batched CloudEvents are not supported: send one event per request")
-        if content_type != STRUCTURED_CONTENT_TYPE:
-            raise EventError(
-                f"not a CloudEvent: no ce-* headers (binary mode) and content-type is {_q(content_type or None)}, "
-                f"not {STRUCTURED_CONTENT_TYPE} (structured mode)"
-            )
+    content_type = lowered.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/cloudevents-batch+json":
+        raise EventError("batched CloudEvents are not supported: send one event per request")
+    # the content type decides the mode (CloudEvents HTTP binding 3.1), not the presence of ce-* headers
+    is_structured = content_type == STRUCTURED_CONTENT_TYPE
+    if not is_structured and not any(k.startswith("ce-") for k in lowered):
+        raise EventError(
+            f"not a CloudEvent: no ce-* headers (binary mode) and content-type is {_q(content_type or None)}, "
+            f"not {STRUCTURED_CONTENT_TYPE} (structured mode)"
+        )
+    sent: dict[str, Any] = {}
+
+    def factory(attributes: dict[str, Any], data: dict[str, Any] | str | bytes | None) -> BaseCloudEvent:
+        # The SDK's events invent what is missing (a random id, the time now, a specversion): a random id would
+        # never pair, so refuse, and keep what the sender did send.
+        sent.update(attributes)
+        missing = [name for name in ("id", "specversion") if name not in attributes]
+        if missing:
+            where = "" if is_structured else f" (header ce-{missing[0]})"
+            raise EventError(f"invalid CloudEvent: no {' or '.join(missing)}{where}")
+        return get_event_factory_for_version(str(attributes["specversion"]))(dict(attributes), data)
+
     try:
-        event = from_http(HTTPMessage(headers=lowered, body=body), _FORMAT)
+        read = from_structured if is_structured else from_binary
+        event = read(HTTPMessage(headers=lowered, body=body), _FORMAT, factory)
+    except EventError:
+        raise
     except CloudEventValidationError as exc:
         problems = "; ".join(f"{_q(name)}: {_clip(str(errs[0]) if errs else 'invalid')}"
                              for name, errs in list(exc.errors.items())[:4])
@@ -142,7 +159,7 @@ def parse_event(headers: Mapping[str, str], body: bytes) -> InferenceEvent:
         source=event.get_source(),
         request_id=request_id,
         component=component,
-        time=event.get_time(),
+        time=event.get_time() if "time" in sent else None,
         data=_object(event.get_data(), event.get_datacontenttype()),
     )
 

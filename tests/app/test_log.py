@@ -205,3 +205,38 @@ def test_without_probability_columns_estimation_is_off_and_says_so(
     with caplog.at_level("WARNING"), app_client(config) as client:
         assert client.app.state.parts.estimation is None
     assert "quality estimation off" in caplog.text and "reference.probability_columns" in caplog.text
+
+
+def test_a_regression_model_served_elsewhere(tmp_path: Path) -> None:
+    """Regression: the prediction is a finite number, probabilities are refused; drift and the DLE estimate run."""
+    from sklearn.datasets import load_diabetes
+    from sklearn.linear_model import Ridge
+
+    data = load_diabetes(as_frame=True).frame
+    features = [c for c in data.columns if c != "target"]
+    reference, live = data.iloc[:250].copy(), data.iloc[250:]
+    model = Ridge().fit(data[features], data["target"])  # served elsewhere; here only to make its answers
+    reference["predicted"] = model.predict(reference[features])
+    reference.to_csv(tmp_path / "reference.csv", index=False)
+    (tmp_path / "config.yaml").write_text(json.dumps({
+        "model": {"name": "diabetes", "task": "regression"},
+        "reference": {"path": "reference.csv", "prediction_column": "predicted"},
+        "features": {"numerical": features}, "target": "target",
+        "database_url": "sqlite:///predictions.db",
+        "drift": {"window_size": 200, "min_rows": 100, "isolation": "thread", "report": False,
+                  "interval_seconds": 3600},
+    }))
+    with app_client(tmp_path / "config.yaml") as client:
+        rows = live.iloc[:150]
+        batch = [{"features": {f: float(r[f]) for f in features}, "prediction": float(p)}
+                 for (_, r), p in zip(rows.iterrows(), model.predict(rows[features]), strict=True)]
+        assert client.post("/log/batch", json={"records": batch}).status_code == 202
+        refused = [client.post("/log", json={**batch[0], "prediction": "high"}),
+                   client.post("/log", json={**batch[0], "probabilities": {"high": 1.0}})]
+        assert [r.status_code for r in refused] == [422, 422]
+        assert "for classification models" in refused[1].text
+        metrics = drift_run(client)
+        assert sample(metrics, "model_drift_window_rows") == 150
+        assert sample(metrics, "model_quality_estimated", metric="mae") is not None
+        assert sample(metrics, "model_prediction_drift_score", stat_test=dict(next(
+            labels for (name, labels), _ in metrics.items() if name == "model_prediction_drift_score"))["stat_test"])

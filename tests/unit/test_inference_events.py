@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +159,7 @@ def test_kserve_v2_several_outputs_need_a_name() -> None:
 def test_kserve_v2_probabilities_width_and_unknown_name() -> None:
     data = body(KSERVE["v2_named_response"])
     with pytest.raises(EventError) as excinfo:
-        decode_response(data, Decoding("x", "predict", "predict_proba", classes=["a", "b"]))
+        decode_response(data, Decoding(None, "predict", "predict_proba", classes=["a", "b"]))
     assert "3 probabilities per row but the reference has 2 classes" in message(excinfo)
     with pytest.raises(EventError) as excinfo:
         decode_response(data, Decoding(None, "predict", "proba", classes=PENGUINS))
@@ -189,6 +190,13 @@ def test_seldon_structured_data_base64() -> None:
     response = parse_event(fixture["headers"], fixture["body"].encode())
     assert response.data == body(SELDON["response"])
     assert response.request_id == header(SELDON["response"], "ce-requestid")
+
+
+def test_time_is_what_was_sent() -> None:
+    headers, body = _with(KSERVE["v1_request"], drop="ce-time")
+    assert parse_event(headers, body).time is None  # not the SDK's "now"
+    headers, body = _with(KSERVE["v1_request"], Ce_Time="2024-01-02T03:04:05.123456789+02:00")
+    assert parse_event(headers, body).time == datetime(2024, 1, 2, 1, 4, 5, 123456, tzinfo=UTC)
 
 
 def test_structured_fixture_matches_binary() -> None:
@@ -435,7 +443,7 @@ def _with(fixture: dict[str, Any], drop: str = "", **headers: str) -> tuple[dict
         (_with(KSERVE["v1_request"])[0], b"[1, 2]", "the event's data is a list, not a JSON object"),
         (_with(KSERVE["v1_request"])[0], b"", "the event has no data"),
         (_with(KSERVE["v1_request"])[0], b"[" * 5000, "the body is not JSON"),
-        (_with(KSERVE["v1_request"], drop="ce-id")[0], b"{}", "invalid CloudEvent: no id (ce-id in binary mode)"),
+        (_with(KSERVE["v1_request"], drop="ce-id")[0], b"{}", "invalid CloudEvent: no id (header ce-id)"),
         (_with(KSERVE["v1_request"], drop="ce-specversion")[0], b"{}", "invalid CloudEvent: no specversion"),
         (_with(KSERVE["v1_request"], Ce_Id="")[0], b"{}", "invalid CloudEvent: 'id'"),
         (_with(KSERVE["v1_request"], drop="ce-source")[0], b"{}", "invalid CloudEvent: 'source'"),
@@ -449,7 +457,9 @@ def _with(fixture: dict[str, Any], drop: str = "", **headers: str) -> tuple[dict
         ({"content-type": "application/cloudevents+json"}, b"[]", "invalid CloudEvent"),
         ({"content-type": "application/cloudevents+json"}, b"[" * 5000, "invalid CloudEvent"),
         ({"content-type": "application/cloudevents+json"}, b'{"specversion": "1.0", "type": "x"}',
-         "invalid CloudEvent"),
+         "invalid CloudEvent: no id"),
+        ({"content-type": "application/cloudevents+json", "ce-id": "x"}, b'{"id": "1", "type": "x"}',
+         "invalid CloudEvent: no specversion"),  # structured by its content type, whatever ce-* headers come along
     ],
 )
 def test_event_refusals(headers: dict[str, str], body: bytes, expected: str) -> None:
@@ -502,10 +512,14 @@ def near_valid_tensors(draw: st.DrawFn) -> dict[str, Any]:
     count = n * k if rank == 2 else n
     flat = draw(st.lists(ELEMENTS[datatype], min_size=count, max_size=count))
     nested = rank == 2 and draw(st.booleans())
-    tensor = {"name": draw(st.sampled_from(["a", "b", "p", "predictions"])), "shape": [n, k] if rank == 2 else [n],
-              "datatype": datatype, "data": [flat[i * k : (i + 1) * k] for i in range(n)] if nested else flat}
+    tensor: dict[str, Any] = {
+        "name": draw(st.sampled_from(["a", "b", "p", "predictions"])),
+        "shape": [n, k] if rank == 2 else [n],
+        "datatype": datatype,
+        "data": [flat[i * k : (i + 1) * k] for i in range(n)] if nested else flat,
+    }
     if draw(st.integers(0, 3)) == 0:
-        tensor[draw(st.sampled_from(sorted(tensor)))] = draw(json_values)
+        tensor[draw(st.sampled_from(sorted(tensor)))] = draw(json_values)  # type: ignore[arg-type]
     return tensor
 
 
