@@ -50,6 +50,8 @@ EXPORTED_METRICS: dict[str, str] = {
     "model_predictions_total": "counter",
     "model_prediction_log_written_total": "counter",
     "model_prediction_log_dropped_total": "counter",
+    "model_log_records_total": "counter",
+    "model_log_events_total": "counter",
     "model_prediction_log_pruned_total": "counter",
     "model_prediction_log_queue_rows": "gauge",
     "model_info": "gauge",

@@ -53,6 +53,8 @@ EXPORTED_METRICS = {
     "model_predictions_total",
     "model_prediction_log_written_total",
     "model_prediction_log_dropped_total",
+    "model_log_records_total",
+    "model_log_events_total",
     "model_prediction_log_pruned_total",
     "model_prediction_log_queue_rows",
     "model_info",
