@@ -240,3 +240,35 @@ def test_a_regression_model_served_elsewhere(tmp_path: Path) -> None:
         assert sample(metrics, "model_quality_estimated", metric="mae") is not None
         assert sample(metrics, "model_prediction_drift_score", stat_test=dict(next(
             labels for (name, labels), _ in metrics.items() if name == "model_prediction_drift_score"))["stat_test"])
+
+
+def test_log_takes_the_bearer_token_and_the_batch_limit_of_the_api(demo_dir: Path, tmp_path: Path) -> None:
+    config = monitor(demo_dir, tmp_path, auth={"token": "s3cret"}, max_batch_records=3)
+    with app_client(config) as client:
+        record = {"features": Traffic("none", seed=8).records(1)[0][0], "prediction": "Adelie"}
+        assert client.post("/log", json=record).status_code == 401
+        authorized = {"Authorization": "Bearer s3cret"}
+        assert client.post("/log", json=record, headers=authorized).status_code == 202
+        too_many = client.post("/log/batch", json={"records": [record] * 4}, headers=authorized)
+        assert too_many.status_code == 422 and "at most 3" in too_many.text
+
+
+def test_an_older_postgresql_table_gets_the_longer_request_id(postgres_url: str) -> None:
+    """Tables made before /log held 36-character ids (a UUID); a caller's id with ":<i>" needs more."""
+    from sqlalchemy import text
+
+    from exporter.db import REQUEST_ID_LENGTH, Database
+
+    db = Database(postgres_url)
+    try:
+        db.ensure_schema()
+        with db.engine.begin() as conn:
+            conn.execute(text("ALTER TABLE predictions ALTER COLUMN request_id TYPE VARCHAR(36)"))
+        db.schema_ready = False
+        db.ensure_schema()
+        with db.engine.connect() as conn:
+            length = conn.execute(text("SELECT character_maximum_length FROM information_schema.columns "
+                                       "WHERE table_name = 'predictions' AND column_name = 'request_id'")).scalar()
+        assert length == REQUEST_ID_LENGTH
+    finally:
+        db.dispose()
