@@ -13,7 +13,9 @@ an item counts as one request, its latency from its first request's start to its
 and its response, say). ``--unique TOKEN``: every occurrence of TOKEN in an item (headers and body) is replaced, at
 each send, by a value of the same length no other send of the run has, so that a server that deduplicates by
 request id or event id sees new ones each time (``--run-tag`` sets it apart from other runs against the server).
-``--expect``: the status of a success (default 200); ``--tolerate``: statuses counted but not errors.
+``--expect``: the status of a success (default 200); ``--tolerate``: statuses counted but not errors. ``--rate R``:
+each connection sends an item every 1/R seconds (or as soon as its previous answer is in, when that comes later)
+instead of a closed loop.
 """
 
 from __future__ import annotations
@@ -51,13 +53,19 @@ class Unique:
 async def _worker(
     idx: int, port: int, items: list[list[bytes]], start_measure: float, stop_at: float, budget: list[int],
     latencies: list[float], errors: list[str], done_count: list[int], ok: frozenset[bytes], tolerated: frozenset[bytes],
-    statuses: dict[str, int], unique: Unique | None,
+    statuses: dict[str, int], unique: Unique | None, interval: float = 0.0,
 ) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     i = idx
     clock = time.perf_counter
+    next_at = clock()
     try:
         while budget[0] > 0:
+            if interval:
+                if next_at >= stop_at:
+                    break
+                await asyncio.sleep(max(0.0, next_at - clock()))
+                next_at += interval
             now = clock()
             if now >= stop_at:
                 break
@@ -103,7 +111,7 @@ def _request(port: int, path: str, headers: dict[str, str], body: bytes) -> byte
 
 async def run(port: int, path: str, bodies: list[bytes], concurrency: int, warmup: float, duration: float,
               max_requests: int, items: list[list[dict[str, object]]] | None = None, expect: tuple[int, ...] = (200,),
-              tolerate: tuple[int, ...] = (), unique: Unique | None = None) -> dict[str, object]:
+              tolerate: tuple[int, ...] = (), unique: Unique | None = None, rate: float = 0.0) -> dict[str, object]:
     latencies: list[float] = []
     errors: list[str] = []
     if items is None:
@@ -122,7 +130,7 @@ async def run(port: int, path: str, bodies: list[bytes], concurrency: int, warmu
     await asyncio.wait_for(
         asyncio.gather(*(
             _worker(i, port, prepared, start_measure, stop_at, budget, latencies, errors, done_count, ok, tolerated,
-                    statuses, unique)
+                    statuses, unique, 1.0 / rate if rate else 0.0)
             for i in range(concurrency)
         )),
         timeout=warmup + duration + 30,
@@ -161,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tolerate", type=int, nargs="*", default=[], help="statuses counted, not errors")
     parser.add_argument("--unique", help="a token replaced at each send by a value unique to that send")
     parser.add_argument("--run-tag", default="r", help="sets this run's unique values apart from other runs'")
+    parser.add_argument("--rate", type=float, default=0.0, help="items per second per connection; 0: closed loop")
     args = parser.parse_args(argv)
     bodies: list[bytes] = []
     items = None
@@ -172,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             items = [json.loads(line) for line in fh if line.strip()]
     unique = Unique(args.unique.encode(), args.run_tag) if args.unique else None
     coro = run(args.port, args.path, bodies, args.concurrency, args.warmup, args.duration, args.max_requests, items,
-               tuple(args.expect), tuple(args.tolerate), unique)
+               tuple(args.expect), tuple(args.tolerate), unique, args.rate)
     try:
         import uvloop
 

@@ -8,9 +8,10 @@
   request event and then its response event (same ce-id) on one connection, 5 instances per request. Each half
   waits in the ``pending_events`` table until its partner comes, so a pair costs database round trips that a batch
   does not.
-- ``/predict`` under logging: a server with the demo model (``config.yaml``, SQLite), ``/predict`` measured alone
-  and while one sender posts 500-record batches (the client's default ``batch_size``) to its ``/log/batch`` back
-  to back, alternating per round; the ratio is per round, its median reported.
+- ``/predict`` under logging: a server with the demo model (``config.yaml``, SQLite), ``/predict`` measured alone,
+  while one sender posts 500-record batches (the client's default ``batch_size``) to its ``/log/batch`` back to
+  back, and while that sender is paced to ``PACED_ROWS_PER_S``; the order rotates per round, each ratio is taken
+  against the round's run alone and its median over rounds reported.
 
 Load comes from ``benchmarks.loadgen`` processes; every sent item gets fresh request ids (``--unique``), since the
 server ignores a request id it has already logged. Before each run the server's prediction log has written every
@@ -40,6 +41,7 @@ TOKEN = "@" * 24  # replaced at each send by a value unique to it (benchmarks.lo
 BATCH_SIZES = (100, 1000)
 EVENT_INSTANCES = 5
 LOGGER_BATCH = 500  # PredictionLogger's default batch_size
+PACED_ROWS_PER_S = 1000  # the paced sender: about what this server's own /predict logs at 8 connections
 FEATURES = ["bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g", "island", "sex"]
 
 
@@ -115,11 +117,11 @@ def _monitor_config(dest: Path) -> Path:
 
 
 def _loadgen_cmd(server: Server, items: Path, concurrency: int, warmup: float, duration: float, tag: str,
-                 max_requests: int, tolerate: tuple[int, ...] = ()) -> list[str]:
+                 max_requests: int, tolerate: tuple[int, ...] = (), rate: float = 0.0) -> list[str]:
     return [sys.executable, "-m", "benchmarks.loadgen", "--port", str(server.port), "--items", str(items),
             "--concurrency", str(concurrency), "--warmup", str(warmup), "--duration", str(duration),
             "--max-requests", str(max_requests), "--expect", "202", "--tolerate", *map(str, tolerate),
-            "--unique", TOKEN, "--run-tag", tag]
+            "--unique", TOKEN, "--run-tag", tag, "--rate", str(rate)]
 
 
 def _result(out: str, stderr: str, returncode: int) -> dict[str, Any]:
@@ -156,16 +158,16 @@ def _drained(server: Server, timeout: float = 120) -> tuple[float, dict[tuple[st
 
 def _table_rows(db: Path, tags: str) -> int:
     """Rows of the predictions table whose request id holds a run tag starting with ``tags`` (loadgen's
-    ``<tag>.<connection>.<counter>``; GLOB, as ``_`` is a LIKE wildcard and pads the ids)."""
+    ``<tag>.<connection>.<counter>``, padded with ``_``: GLOB, since ``_`` is a LIKE wildcard)."""
     with contextlib.closing(sqlite3.connect(db)) as conn:
         return int(conn.execute("SELECT count(*) FROM predictions WHERE request_id GLOB ?",
                                 (f"*{tags}*",)).fetchone()[0])
 
 
 # -- the section ---------------------------------------------------------------------------------------------------
-def _intake(tmp: Path, model: Any, quick: bool, log: Any) -> dict[str, Any]:
+def _intake(tmp: Path, config: Path, model: Any, quick: bool, log: Any) -> dict[str, Any]:
     """/log/batch (100, 1000 records) and /log/cloudevents on one monitor-only server, in rotating order."""
-    rounds, warmup, duration = (1, 0.5, 2.0) if quick else (3, 1.0, 5.0)
+    rounds, warmup, duration = (1, 0.5, 2.0) if quick else (3, 1.0, 4.0)
     concurrency = 4  # a few replicas of the model's server posting at once
     files = {f"batch_{b}": _write_items(tmp / f"batch-{b}.jsonl", _batch_items(model, b, 8, seed=b))
              for b in BATCH_SIZES}
@@ -173,7 +175,6 @@ def _intake(tmp: Path, model: Any, quick: bool, log: Any) -> dict[str, Any]:
     rows_per_item = {**{f"batch_{b}": b for b in BATCH_SIZES}, "events": EVENT_INSTANCES}
     requests_per_item = {**{f"batch_{b}": 1 for b in BATCH_SIZES}, "events": 2}  # an event pair: two requests
     tag_of = {"batch_100": "Lh", "batch_1000": "Lk", "events": "Ce"}  # tags: no one a prefix of another
-    config = _monitor_config(tmp / "monitor")
     server = Server(config, "on")
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in files}
     sent: dict[str, int] = dict.fromkeys(files, 0)  # rows accepted (202), warm-up included
@@ -222,6 +223,7 @@ def _intake(tmp: Path, model: Any, quick: bool, log: Any) -> dict[str, Any]:
     out["log_cloudevents_rows_per_s"] = median(r["rows_per_s"] for r in ev)
     out["log_cloudevents_pair_p99_ms"] = median(r["p99_ms"] for r in ev)
     out["log_cloudevents_server_cpu_us_per_row"] = median(r["server_cpu_us_per_row"] for r in ev)
+    out["log_cloudevents_server_cpu_us_per_event"] = out["log_cloudevents_server_cpu_us_per_row"] * EVENT_INSTANCES / 2
     out["log_cloudevents_rows_accepted"] = sent["events"]
     out["log_cloudevents_rows_written"] = _table_rows(db, tag_of["events"])
     out["log_cloudevents_rows_written_share"] = out["log_cloudevents_rows_written"] / max(1, sent["events"])
@@ -234,8 +236,9 @@ def _intake(tmp: Path, model: Any, quick: bool, log: Any) -> dict[str, Any]:
 
 
 def _under_logging(tmp: Path, model: Any, quick: bool, log: Any, concurrency: int) -> dict[str, Any]:
-    """/predict alone and while a sender posts /log/batch back to back to the same server, alternating."""
-    rounds, warmup, duration = (2, 0.5, 2.0) if quick else (4, 1.0, 6.0)
+    """/predict alone (``idle``), while a sender posts /log/batch back to back (``full``) and while it sends
+    ``PACED_ROWS_PER_S`` (``paced``), to the same server; the order rotates per round."""
+    rounds, warmup, duration = (2, 0.5, 2.0) if quick else (4, 1.0, 5.0)
     lead = 1.0  # the sender starts this long before the /predict run (its process start), and ends after it
     from benchmarks.http_bench import loadgen
 
@@ -243,54 +246,59 @@ def _under_logging(tmp: Path, model: Any, quick: bool, log: Any, concurrency: in
     bodies = _bodies(tmp)
     batches = _write_items(tmp / f"logger-{LOGGER_BATCH}.jsonl", _batch_items(model, LOGGER_BATCH, 8, seed=11))
     server = Server(config, "on")
-    runs: dict[str, list[dict[str, Any]]] = {"idle": [], "logging": []}
-    senders: list[dict[str, Any]] = []
+    modes = ("idle", "full", "paced")
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
     with servers(server):
         loadgen(server, bodies, concurrency, 0.0, 0.5)
         _load(server, batches, 1, 0.0, 0.5, "Pw", 10_000)
         _drained(server)
         for r in range(rounds):
-            for mode in (("idle", "logging") if r % 2 == 0 else ("logging", "idle")):
+            for mode in modes[r % 3:] + modes[:r % 3]:
                 sender = None
-                if mode == "logging":
+                sender_s = lead + warmup + duration + 1.0
+                if mode != "idle":
                     # one connection, as PredictionLogger's one sender thread; 503 (queue full) is its backpressure
+                    rate = PACED_ROWS_PER_S / LOGGER_BATCH if mode == "paced" else 0.0
                     sender = subprocess.Popen(
-                        _loadgen_cmd(server, batches, 1, 0.0, lead + warmup + duration + 1.0, f"P{r}", 200_000,
-                                     tolerate=(503,)),
+                        _loadgen_cmd(server, batches, 1, 0.0, sender_s, f"P{mode[0]}{r}",
+                                     200_000, tolerate=(503,), rate=rate),
                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
                     time.sleep(lead)
                 res = loadgen(server, bodies, concurrency, warmup, duration)
+                extra = ""
                 if sender is not None:
-                    out, err = sender.communicate(timeout=lead + warmup + duration + 60)
-                    sent = _result(out, err, sender.returncode)
-                    sent["rows_per_s"] = sent["statuses"].get("202", 0) * LOGGER_BATCH / sent["seconds"]
-                    senders.append(sent)
-                    res["logged_rows_per_s"] = sent["rows_per_s"]
+                    stdout, stderr = sender.communicate(timeout=lead + warmup + duration + 60)
+                    sent = _result(stdout, stderr, sender.returncode)
+                    # over the sender's whole run: a paced sender's last send comes up to 1/rate before its end
+                    res["logged_rows_per_s"] = sent["statuses"].get("202", 0) * LOGGER_BATCH / sender_s
+                    res["logger_503"] = sent["statuses"].get("503", 0)
+                    res["logger_p99_ms"] = sent["p99_ms"]
+                    extra = f", sender {res['logged_rows_per_s']:.0f} rows/s ({sent['statuses']})"
                 res["backlog_rows"] = sample(_metrics(server), "model_prediction_log_queue_rows") or 0.0
                 res["drain_s"], _ = _drained(server)
                 runs[mode].append(res)
-                extra = (f", sender {res['logged_rows_per_s']:.0f} rows/s ({senders[-1]['statuses']})"
-                         if mode == "logging" else "")
-                log(f"log_intake /predict round {r + 1}/{rounds} {mode:>7}: {res['throughput']:.0f} req/s "
+                log(f"log_intake /predict round {r + 1}/{rounds} {mode:>5}: {res['throughput']:.0f} req/s "
                     f"p50 {res['p50_ms']:.1f} ms p99 {res['p99_ms']:.1f} ms, backlog {res['backlog_rows']:.0f} rows"
                     f"{extra}")
         _, final = _drained(server)
 
-    def paired(stat: str) -> float:
-        return median(a[stat] / b[stat] for a, b in zip(runs["logging"], runs["idle"], strict=True))
+    def paired(mode: str, stat: str) -> float:
+        return median(a[stat] / b[stat] for a, b in zip(runs[mode], runs["idle"], strict=True))
 
-    out: dict[str, Any] = {
-        "log_predict_rounds": rounds,
-        "log_predict_p99_ratio_under_logging": paired("p99_ms"),
-        "log_predict_p50_ratio_under_logging": paired("p50_ms"),
-        "log_predict_throughput_ratio_under_logging": paired("throughput"),
-        "log_predict_logged_rows_per_s": median(s["rows_per_s"] for s in senders),
-        "log_predict_logger_503": sum(s["statuses"].get("503", 0) for s in senders),
-        "log_predict_rows_dropped": sample(final, "model_prediction_log_dropped_total"),
-    }
+    out: dict[str, Any] = {"log_predict_rounds": rounds, "log_predict_seconds_per_run": duration,
+                           "log_predict_logger_batch": LOGGER_BATCH, "log_predict_paced_target_rows_per_s":
+                           PACED_ROWS_PER_S}
+    for mode, suffix in (("full", "under_logging"), ("paced", "under_paced_logging")):
+        out[f"log_predict_p99_ratio_{suffix}"] = paired(mode, "p99_ms")
+        out[f"log_predict_p50_ratio_{suffix}"] = paired(mode, "p50_ms")
+        out[f"log_predict_throughput_ratio_{suffix}"] = paired(mode, "throughput")
+        out[f"log_predict_{mode}_logged_rows_per_s"] = median(r["logged_rows_per_s"] for r in runs[mode])
+        out[f"log_predict_{mode}_logger_503"] = sum(r["logger_503"] for r in runs[mode])
+        out[f"log_predict_{mode}_logger_p99_ms"] = median(r["logger_p99_ms"] for r in runs[mode])
     for mode, results in runs.items():
         for stat in ("p50_ms", "p99_ms", "throughput", "backlog_rows"):
             out[f"log_predict_{mode}_{stat}"] = median(r[stat] for r in results)
+    out["log_predict_rows_dropped"] = sample(final, "model_prediction_log_dropped_total")
     return out
 
 
@@ -299,8 +307,8 @@ def run(quick: bool, log: Any, concurrency: int = 8) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="bench-log-intake-") as tmp_name:
         tmp = Path(tmp_name)
-        demo_config(tmp / "model")
-        model = joblib.load(tmp / "model" / "model.joblib")  # the served-elsewhere model's answers in the bodies
-        out = _intake(tmp, model, quick, log)
+        monitor = _monitor_config(tmp / "monitor")
+        model = joblib.load(monitor.parent / "model.joblib")  # the served-elsewhere model's answers in the bodies
+        out = _intake(tmp, monitor, model, quick, log)
         out.update(_under_logging(tmp, model, quick, log, concurrency))
     return out

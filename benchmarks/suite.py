@@ -98,6 +98,8 @@ TARGETS = [
            None),
     Target("log_predict_throughput_ratio_under_logging", "/predict throughput, sender on /log/batch / none", "",
            None),
+    Target("log_predict_p99_ratio_under_paced_logging", "/predict p99, a sender at 1000 rows/s on /log/batch / none",
+           "", None),
     # scaleout: retention on a 1M-row table (SQLite; PostgreSQL when reachable), --workers 2 vs 1
     Target("prune_seconds_sqlite", "retention: seconds in prune ticks to delete 500k of 1M rows, SQLite", "", None,
            "{:.1f}"),
