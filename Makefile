@@ -6,13 +6,13 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 HELM    = $(VENV)/bin/helm
 
-.PHONY: run test test-fast lint bench bench-detection system-deps helm clean
+.PHONY: run test test-fast lint docs docs-serve bench bench-detection system-deps helm clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed")'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,docs]"
 	@touch $@
 
 run: $(STAMP)
@@ -42,6 +42,17 @@ test-fast: $(STAMP) $(HELM) system-deps
 lint: $(STAMP)
 	$(PY) -m ruff check exporter tests benchmarks scripts
 	$(PY) -m mypy exporter
+
+# The documentation site (docs/, mkdocs.yml) into build/site. --strict: a broken link or anchor, a page missing from
+# the navigation, or a configuration key the code does not have fails the build (tests/repo/test_docs.py runs it too).
+# NO_MKDOCS_2_WARNING silences the theme's banner about its successor, which is not a build warning.
+MKDOCS = NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs
+
+docs: $(STAMP)
+	$(MKDOCS) build --strict
+
+docs-serve: $(STAMP)
+	$(MKDOCS) serve --strict --dev-addr 127.0.0.1:8001
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
