@@ -184,7 +184,10 @@ def test_b_shifted_feature_alert_reaches_the_webhook(stack: Stack) -> None:
     # What the receiver gets is what the rule and routing promise: labels, and annotations rendered from live data.
     assert alert["labels"]["severity"] == "warning"
     assert alert["labels"]["job"] == "exporter"
-    assert alert["annotations"]["runbook_url"] == "README.md#modelfeaturedrift"
+    # absolute, so that it opens from the receiver: the published runbook page and the alert's anchor
+    assert alert["annotations"]["runbook_url"] == (
+        "https://model-drift-exporter.github.io/model-drift-exporter/alerts/#modelfeaturedrift"
+    )
     description = alert["annotations"]["description"]
     assert SHIFTED in description
     assert re.search(r"\(\w+ score [-+0-9.e]+,\s+threshold [-+0-9.e]+\)", description), description

@@ -470,7 +470,39 @@ def test_the_packaged_chart_carries_the_linked_files(tmp_path: Path) -> None:
     assert of_kind(packaged, "PrometheusRule") and of_kind(packaged, "ConfigMap")
 
 
-# ---- README ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("base", ["https://wiki.example.com/ml/model-drift-runbook/",
+                                  "https://docs.example.com/runbooks/model-drift.html"])
+def test_runbook_base_url_replaces_the_base_of_every_runbook_url(base: str) -> None:
+    """prometheusRule.runbookBaseUrl: every alert's runbook_url becomes <value>#<alertname lower-cased>, and nothing
+    else of the rules changes."""
+    case = "kube-prometheus-stack-values.yaml"
+    groups = _rule_groups(render(case, f"prometheusRule.runbookBaseUrl={base}"))
+    expected = {f"{FULLNAME}-{p.stem}": yaml.safe_load(p.read_text())["groups"] for p in RULE_FILES}
+    alerts = 0
+    for file_groups in expected.values():
+        for group in file_groups:
+            for rule in group["rules"]:
+                if "alert" in rule:
+                    rule["annotations"]["runbook_url"] = f"{base}#{rule['alert'].lower()}"
+                    alerts += 1
+    assert alerts and groups == expected
+
+
+def test_runbook_base_url_defaults_to_the_rule_files_base() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    bases = {rule["annotations"]["runbook_url"].split("#")[0]
+             for p in RULE_FILES for g in yaml.safe_load(p.read_text())["groups"] for rule in g["rules"]
+             if "alert" in rule}
+    assert bases == {values["prometheusRule"]["runbookBaseUrl"]}
+
+
+@pytest.mark.parametrize("base", ["", "docs/alerts.md", "https://example.com/alerts/#x", "ftp://example.com/"])
+def test_runbook_base_url_must_be_absolute(base: str) -> None:
+    err = render_fails("prometheusRule.enabled=true", f"prometheusRule.runbookBaseUrl={base}")
+    assert "prometheusRule.runbookBaseUrl" in err
+
+
+# ---- docs: the Kubernetes page ---------------------------------------------------------------------------------------
 
 def _leaf_keys(values: dict[str, Any], prefix: str = "") -> list[str]:
     keys = []
@@ -483,9 +515,13 @@ def _leaf_keys(values: dict[str, Any], prefix: str = "") -> list[str]:
     return keys
 
 
-def test_readme_documents_every_value() -> None:
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("\n## Kubernetes\n", 1)[1].split("\n## ", 1)[0]
+def test_the_kubernetes_page_documents_every_value() -> None:
+    page = (ROOT / "docs" / "kubernetes.md").read_text()
+    section = page.split("\n## Values\n", 1)[1].split("\n## ", 1)[0]
     values = yaml.safe_load((CHART / "values.yaml").read_text())
-    missing = [k for k in _leaf_keys(values) if f"| `{k}` |" not in section]
-    assert not missing, f"values missing from the README's Kubernetes table: {missing}"
+    leaves = _leaf_keys(values)
+    missing = [k for k in leaves if f"| `{k}` |" not in section]
+    assert not missing, f"values missing from the Values table of docs/kubernetes.md: {missing}"
+    listed = re.findall(r"^\| `([\w.]+)` \|", section, re.M)
+    unknown = [k for k in listed if k not in leaves]
+    assert not unknown, f"docs/kubernetes.md lists values the chart does not have: {unknown}"
