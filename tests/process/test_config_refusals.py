@@ -209,9 +209,10 @@ def test_start_logs_whether_authentication_is_on(demo_dir: Path, tmp_path: Path,
     assert "t0ken" not in lines[0]
 
 
-def test_compose_and_readme_pass_no_empty_token() -> None:
+def test_compose_readme_and_docs_pass_no_empty_token() -> None:
     root = ROOT
-    for name in ("docker-compose.yml", "README.md", "Dockerfile"):
+    docs = [p.relative_to(root).as_posix() for p in sorted((root / "docs").glob("*.md"))]
+    for name in ("docker-compose.yml", "README.md", "Dockerfile", *docs):
         text = (root / name).read_text()
         for bad in ("EXPORTER_AUTH__TOKEN:", "EXPORTER_AUTH__TOKEN=\"\"", "EXPORTER_AUTH__TOKEN=''",
                     "${EXPORTER_AUTH__TOKEN"):
