@@ -105,7 +105,10 @@ def _constraints(field: FieldInfo) -> str:
 
 def _default(field: FieldInfo) -> str:
     if field.default_factory is not None:
-        value = field.default_factory()  # type: ignore[call-arg]
+        try:
+            value = field.default_factory()  # type: ignore[call-arg]
+        except TypeError:  # a factory of the other fields' values: no default of its own to show
+            return "(computed)"
     elif field.default is PydanticUndefined:
         return "(required)"
     else:
