@@ -5,8 +5,9 @@ Task: will it rain today (precipitation > 0), from the day's temperatures, their
 yesterday and the season. The model (logistic regression) is trained on 2012, the reference (calibration) is 2013,
 held out; 2014-2015 are scored in quarterly chunks. The periods drift: 2012 was wetter (48 % wet days against
 39-42 % after), and every quarter moves the features and the share of wet days with the season (dry summers, wet
-winters), which moves the model's accuracy. ``python -m benchmarks.estimation_real`` prints the README's table and
-writes ``benchmarks/estimation_real.json``; tests/unit/test_estimation_real.py checks the same numbers.
+winters), which moves the model's accuracy. ``python -m benchmarks.estimation_real`` prints the table of
+docs/estimated-quality.md and writes ``benchmarks/estimation_real.json``; tests/unit/test_estimation_real.py checks
+the same numbers.
 """
 
 from __future__ import annotations

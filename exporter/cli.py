@@ -343,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--rate", type=float, default=50.0, help="rows per second at most (0: as fast as possible)")
     sim.add_argument("--scenario", default="none",
                      help="one of: none, shift, small-shift, categories, missing, correlation (fresh rows of the "
-                          "training population, then changed; see the README)")
+                          "training population, then changed; see docs/cli.md)")
     sim.add_argument("--batch-size", type=int, default=1, help="rows per request (above 1 uses /predict/batch)")
     sim.add_argument("--labels", action="store_true", help="also send the true labels to /feedback/batch")
     sim.add_argument("--label-error-rate", type=float, default=0.0, help="share of labels sent wrong on purpose")
