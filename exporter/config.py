@@ -91,6 +91,15 @@ class FeatureDriftSection(_Section):
     threshold: float | None = None
 
 
+class MultivariateSection(_Section):
+    method: Literal["pca_reconstruction", "classifier"] = Field(
+        default="pca_reconstruction",
+        description="pca_reconstruction: the mean error of the window's rows rebuilt from the reference's principal "
+        "components; classifier: the AUC of a domain classifier telling window rows from reference rows, "
+        "cross-validated (also sees joint shifts of the means; about 0.15 s a run on 6 features).",
+    )
+
+
 class DriftSection(_Section):
     window_size: int = Field(default=3000, ge=1)
     window_seconds: float | None = Field(default=None, gt=0)
@@ -110,6 +119,7 @@ class DriftSection(_Section):
     )
     per_feature: dict[str, FeatureDriftSection] = Field(default_factory=dict)
     prediction: FeatureDriftSection = Field(default_factory=FeatureDriftSection)
+    multivariate: MultivariateSection = Field(default_factory=MultivariateSection)
     report: bool = Field(default=True, description="Build the Evidently HTML report served at /monitoring.")
     timeout_seconds: float = Field(
         default=300.0, gt=0, description="A run taking longer is abandoned and counted failed."

@@ -20,6 +20,7 @@ from threadpoolctl import ThreadpoolController
 
 from exporter.calibration import CALIBRATED_TESTS, calibrated_threshold, per_run_alpha, unseen_limit
 from exporter.features import category_texts
+from exporter.multivariate import METHOD as MULTIVARIATE_METHOD
 from exporter.multivariate import MultivariateDrift, fit_multivariate
 from exporter.serde import known_fields
 from exporter.stattests import CATEGORICAL, NUMERICAL, ColumnStats, TestResult, run_test, select_test
@@ -114,6 +115,7 @@ class Reference:
         categorical: list[str],
         predictions: pd.Series | None = None,
         prediction_type: str = CATEGORICAL,
+        multivariate_method: str = MULTIVARIATE_METHOD,
     ) -> None:
         missing = [c for c in numerical + categorical if c not in frame.columns]
         if missing:
@@ -140,7 +142,7 @@ class Reference:
             cleaned = _clean(_typed(predictions, prediction_type))
             if not cleaned.empty:
                 self.prediction_stats = ColumnStats(cleaned, prediction_type)
-        self.multivariate = fit_multivariate(self.frame, self.numerical, self.categorical)
+        self.multivariate = fit_multivariate(self.frame, self.numerical, self.categorical, multivariate_method)
         digest = hashlib.sha256(pd.util.hash_pandas_object(self.frame[numerical + categorical], index=False).values)
         self.hash = digest.hexdigest()[:12]
 

@@ -356,7 +356,8 @@ def drift_families(result: DriftResult) -> Iterator[Metric]:
     if mv is not None:  # None: fewer than 2 features, or the computation failed (logged): no series at all
         ms = _gauge(
             "model_multivariate_drift_score",
-            "Multivariate drift: mean PCA reconstruction error of the window's rows (joint distribution).",
+            "Multivariate drift of the joint distribution (method pca_reconstruction: mean reconstruction error of "
+            "the window's rows; classifier: AUC of a domain classifier, window rows against reference rows).",
             labels=["method"],
         )
         ms.add_metric([mv.method], mv.score)

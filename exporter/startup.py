@@ -134,7 +134,8 @@ def build(settings: Settings) -> Parts:
     classes = model.classes if model is not None else _logged_classes(settings, predictions)
     prediction_type = NUMERICAL if settings.model.task == "regression" else CATEGORICAL
     try:
-        reference = Reference(frame, features.numerical, features.categorical, predictions, prediction_type)
+        reference = Reference(frame, features.numerical, features.categorical, predictions, prediction_type,
+                              settings.drift.multivariate.method)
     except ValueError as exc:
         raise StartupError(f"{ref_path}: {exc}") from exc
     baseline: dict[str, float] = {}

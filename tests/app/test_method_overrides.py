@@ -35,3 +35,19 @@ def test_valid_methods_are_accepted_and_in_force(demo_dir: Path, tmp_path: Path)
     predicted = [dict(labels)["stat_test"] for (name, labels), _ in metrics.items()
                  if name == "model_prediction_drift_score"]
     assert predicted == ["jensenshannon"]
+
+
+def test_the_multivariate_method_in_force_is_the_configured_one(demo_dir: Path, tmp_path: Path) -> None:
+    config = config_folder(demo_dir, tmp_path, drift={
+        "multivariate": {"method": "classifier"}, "window_size": 200, "min_rows": 100, "isolation": "thread",
+        "report": False})
+    with app_client(config) as client:
+        records, _ = Traffic("none", seed=4).records(200)
+        assert client.post("/predict/batch", json={"records": records}).status_code == 200
+        metrics = drift_run(client)
+        body = client.get("/drift").json()
+    methods = [dict(labels)["method"] for (name, labels), _ in metrics.items()
+               if name == "model_multivariate_drift_score"]
+    assert methods == ["classifier"]
+    assert body["result"]["multivariate"]["method"] == "classifier"
+    assert 0.3 < body["result"]["multivariate"]["score"] < 0.7  # an AUC: fresh rows, near one half
