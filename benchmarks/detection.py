@@ -250,6 +250,73 @@ def correlation_delays(ref_rows: int, traffic: int, seeds: int, cap: int) -> dic
             "calibrated": summary(found), "per_feature_alerts_meanwhile": feature_alerts}
 
 
+MULTIVARIATE_CHANGES = ("categories (joint)", "means (joint)", "correlation flip")
+
+
+def joint_change(rows: int, rng: np.random.Generator, change: str | None) -> pd.DataFrame:
+    """Fresh rows, or rows with a joint change: ten points of the 4-level category to its rarest level and five of
+    the flag; the means of three numbers up by 0.1 of their sd; or the correlation flipped."""
+    if change == "correlation flip":
+        return draw(rows, rng, "correlation")
+    frame = draw(rows, rng)
+    if change == "categories (joint)":
+        shares = CATEGORY_SHARES.copy()
+        shares[0] -= 0.10
+        shares[-1] += 0.10
+        frame["category"] = CATEGORY_LEVELS[rng.choice(4, size=rows, p=shares)]
+        frame["flag"] = np.where(rng.random(rows) < 0.80, "no", "yes")
+    elif change == "means (joint)":
+        frame[["normal", "partner"]] += 0.1
+        frame["integers"] += 0.1 * math.sqrt(6)
+    return frame
+
+
+def multivariate_method(method: str, ref_rows: int, traffic: int, seeds: int, runs: int, cap: int) -> dict[str, Any]:
+    """One multivariate method on its own (no per-feature tests): the share of stationary runs it flags at the check
+    budget's alpha and its alerts at the default's, then the runs from each joint change to its alert."""
+    from exporter.drift import normalise
+    from exporter.multivariate import fit_multivariate
+
+    modes = Modes()
+    started = time.monotonic()
+    checked: list[bool] = []
+    alerts_default = 0
+    delays_by_change: dict[str, list[int | None]] = {c: [] for c in MULTIVARIATE_CHANGES}
+    for seed in range(seeds):
+        rng = np.random.default_rng([ref_rows, traffic, seed, 13])
+        model = fit_multivariate(normalise(draw(ref_rows, rng), NUMERICAL, CATEGORICAL), NUMERICAL, CATEGORICAL,
+                                 method)
+        assert model is not None
+        blocks = [draw(WINDOW, rng)]
+        flags: list[bool] = []
+        for _ in range(runs):
+            blocks = [pd.concat([*blocks, draw(traffic, rng)], ignore_index=True).iloc[-WINDOW:]]
+            window = normalise(blocks[0], NUMERICAL, CATEGORICAL)
+            result = model.score(window, modes.check)
+            checked.append(result.detected)
+            flags.append(result.score >= model.threshold(result.rows, modes.calibrated))
+        alerts_default += alerts(flags, FOR_RUNS["calibrated"])
+        for change in MULTIVARIATE_CHANGES:
+            window_blocks = [draw(WINDOW, rng)]
+            seq: list[bool] = []
+            fired = None
+            for _ in range(cap):
+                window_blocks = [pd.concat([*window_blocks, joint_change(traffic, rng, change)],
+                                           ignore_index=True).iloc[-WINDOW:]]
+                seq.append(model.score(normalise(window_blocks[0], NUMERICAL, CATEGORICAL), modes.calibrated).detected)
+                fired = first_alert(seq, FOR_RUNS["calibrated"])
+                if fired is not None:
+                    break
+            delays_by_change[change].append(fired)
+    low, high = poisson_interval(sum(checked), len(checked))
+    return {"method": method, "ref_rows": ref_rows, "traffic": traffic, "seeds": seeds, "runs_per_seed": runs,
+            "cap": cap, "check_alpha": modes.check, "check_flagged_share": float(np.mean(checked)),
+            "check_flagged_ci95": [low, high], "default_alerts": alerts_default,
+            "months": round(seeds * runs / RUNS_PER_MONTH, 4),
+            "delays": {c: summary(v) for c, v in delays_by_change.items()},
+            "seconds": round(time.monotonic() - started, 1)}
+
+
 def summary(values: list[int | None]) -> dict[str, Any]:
     caught = sorted(v for v in values if v is not None)
     missed = len(values) - len(caught)
@@ -297,7 +364,8 @@ def _task(spec: tuple[str, tuple[Any, ...]]) -> dict[str, Any]:
     warnings.simplefilter("ignore")
     kind, args = spec
     fn: Callable[..., dict[str, Any]] = {"stationary": stationary, "delay": delays,
-                                         "correlation": correlation_delays, "cost": multivariate_cost}[kind]
+                                         "correlation": correlation_delays, "cost": multivariate_cost,
+                                         "methods": multivariate_method}[kind]
     with threadpool_limits(1):
         return {"kind": kind, **fn(*args)}
 
@@ -315,8 +383,16 @@ def plan(quick: bool, days: float, seeds: int) -> list[tuple[str, tuple[Any, ...
     for ref_rows in REFERENCES:
         tasks.append(("correlation", (ref_rows, 300, 6 if quick else 20, 60)))
     tasks.append(("cost", ()))
+    tasks += multivariate_plan(quick)
     # the slowest first, so that two processes finish together
     return sorted(tasks, key=lambda t: -(t[1][0] * (t[1][3] if t[0] == "stationary" else 50)) if t[1] else 0)
+
+
+def multivariate_plan(quick: bool) -> list[tuple[str, tuple[Any, ...]]]:
+    from exporter.multivariate import METHODS
+
+    seeds, runs = (2, 150) if quick else (4, 500)
+    return [("methods", (method, ref_rows, 300, seeds, runs, 40)) for method in METHODS for ref_rows in (1000, 5000)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -326,8 +402,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer seeds for the delays (a smoke run)")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--out", default=str(BENCH_DIR / "detection.json"))
+    parser.add_argument("--multivariate-only", action="store_true",
+                        help="only the multivariate methods side by side (a few minutes); prints their table")
     args = parser.parse_args(argv)
     started = time.monotonic()
+    if args.multivariate_only:
+        with ProcessPoolExecutor(args.workers) as pool:
+            methods = list(pool.map(_task, multivariate_plan(args.quick)))
+        print(render_methods(methods))
+        with open(args.out, "w") as fh:
+            json.dump({"machine": machine_info(), "seconds": round(time.monotonic() - started, 1),
+                       "multivariate_methods": methods}, fh, indent=1, default=float)
+        return 0
     tasks = plan(args.quick, args.days, args.seeds)
     with ProcessPoolExecutor(args.workers) as pool:
         results = list(pool.map(_task, tasks))
@@ -342,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         "delays": [r for r in results if r["kind"] == "delay"],
         "correlation": [r for r in results if r["kind"] == "correlation"],
         "multivariate_cost": next(r for r in results if r["kind"] == "cost"),
+        "multivariate_methods": [r for r in results if r["kind"] == "methods"],
     }
     with open(args.out, "w") as fh:
         json.dump(doc, fh, indent=1, default=float)
@@ -383,6 +470,21 @@ def render(doc: dict[str, Any]) -> str:
         lines += ["", f"Multivariate drift cost ({cost['features']} features): fit on {cost['reference_rows']} "
                   f"reference rows {cost['fit_seconds']} s; a 3000-row window {cost['score_seconds_3000_rows']} s, "
                   f"a 100k-row window {cost['score_seconds_100000_rows']} s (scored on a sample)."]
+    return "\n".join(lines)
+
+
+def render_methods(methods: list[dict[str, Any]]) -> str:
+    """The multivariate methods side by side, as markdown."""
+    def runs(s: dict[str, Any]) -> str:
+        return f"{s['p50'] if s['p50'] is not None else '∞'} / {s['p95'] if s['p95'] is not None else '∞'}"
+
+    lines = ["| method | reference | stationary runs | flagged at alpha 2.3e-3 (95 % interval) | alerts at the default "
+             "budget | " + " | ".join(MULTIVARIATE_CHANGES) + " |", "|---|---|---|---|---|" + "---|" * 3]
+    for r in sorted(methods, key=lambda r: (r["method"], r["ref_rows"])):
+        low, high = r["check_flagged_ci95"]
+        lines.append(f"| {r['method']} | {r['ref_rows']} | {r['seeds'] * r['runs_per_seed']} | "
+                     f"{r['check_flagged_share']:.2e} ({low:.1e}–{high:.1e}) | {r['default_alerts']} | "
+                     + " | ".join(runs(r["delays"][c]) for c in MULTIVARIATE_CHANGES) + " |")
     return "\n".join(lines)
 
 

@@ -47,6 +47,7 @@ def test_joint_changes_are_flagged_at_the_default_alpha(reference: ClassifierRef
         shares[0] -= 0.10
         shares[-1] += 0.10
         window["category"] = CATEGORY_LEVELS[rng.choice(4, size=len(window), p=shares)]
+        window["flag"] = np.where(rng.random(len(window)) < 0.80, "no", "yes")  # and the flag five points
     alpha = per_run_alpha(0.01, 60.0)
     result = reference.score(normalise(window, NUMERICAL, CATEGORICAL), alpha)
     assert result.detected, result
