@@ -205,10 +205,11 @@ def _logged(model: Any, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     import pandas as pd
 
     frame = pd.DataFrame.from_records(records)
-    out = []
-    for record, prediction, proba in zip(records, model.predict(frame), model.predict_proba(frame), strict=True):
-        out.append({"features": record, "prediction": prediction.item() if hasattr(prediction, "item") else prediction,
-                    "probabilities": {str(c): float(p) for c, p in zip(model.classes_, proba, strict=True)}})
+    out = [{"features": record, "prediction": prediction.item() if hasattr(prediction, "item") else prediction}
+           for record, prediction in zip(records, model.predict(frame), strict=True)]
+    if hasattr(model, "predict_proba"):  # a classifier: its probabilities give the estimated quality
+        for row, proba in zip(out, model.predict_proba(frame), strict=True):
+            row["probabilities"] = {str(c): float(p) for c, p in zip(model.classes_, proba, strict=True)}
     return out
 
 

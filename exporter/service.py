@@ -170,8 +170,7 @@ class PredictionService:
                 seen.add(rid)
                 rows.append(PredictionRow(rid, item.created_at or now, self.model_version, item.features,
                                           item.prediction, item.probabilities))
-            if not self.prediction_log.enqueue_all(rows):
-                self.count_refused(len(items))
+            if not self.prediction_log.enqueue_all(rows):  # 503: not counted refused, the sender retries it
                 raise QueueFull("prediction log queue is full; retry later")
         duplicates = len(items) - len(rows)
         with self._counter_lock:
@@ -208,7 +207,7 @@ class PredictionService:
         return self.prediction_log.pending_label(request_id)[0]
 
     def count_refused(self, rows: int) -> None:
-        """Logged rows refused (bad input or a full queue): counted, whatever refused them."""
+        """Logged rows refused as bad input (422): lost, unless the sender mends them."""
         with self._counter_lock:
             self.log_refused += rows
 
