@@ -105,9 +105,7 @@ class EventIntake:
         try:
             self.service.log(logged)
         except QueueFull as exc:
-            # Both halves back, so that the sender's retry pairs them again.
-            for half in (request, response):
-                self.pairs.offer(key, half.kind, half.data, half.created_at, self.clock())
+            self.pairs.put_back(key, [request, response], self.clock())  # the sender's retry pairs them again
             raise EventRefused(503, str(exc)) from exc
         self.service.count_events("paired", 2)
         return {"status": "logged", "request_ids": [row.request_id for row in logged]}

@@ -362,6 +362,17 @@ class EventPairs:
             return None
         return {r.kind: PendingEvent(r.kind, r.data, r.created_at) for r in rows}
 
+    def put_back(self, event_id: str, halves: list[PendingEvent], now: float) -> None:
+        """Keep both halves of a pair that could not be logged (a full queue), without taking them: the sender's
+        retry of either half pairs them again."""
+        t = pending_events_table
+        dialect_insert = sqlite_insert if self.db.backend == "sqlite" else pg_insert
+        with self.db.engine.begin() as conn:
+            for half in halves:
+                conn.execute(dialect_insert(t).values(event_id=event_id, kind=half.kind, received_at=now,
+                                                      created_at=half.created_at, data=half.data
+                                                      ).on_conflict_do_nothing())
+
     def expire(self, older_than: float) -> int:
         """Delete the halves received before ``older_than``; how many (each counted by one process only)."""
         t = pending_events_table

@@ -171,3 +171,23 @@ def test_a_half_whose_partner_never_comes_expires_and_is_counted(
         client.post("/log/cloudevents", **event("response", "lonely", {"predictions": ["Adelie"]}))
         flush(client)
         assert table_rows(client) == 0
+
+
+def test_a_pair_refused_for_a_full_queue_is_kept_for_the_senders_retry(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = complete_records(2, 6)
+    response = {"outputs": [{"name": "predict", "shape": [2], "datatype": "BYTES", "data": ["Adelie", "Gentoo"]},
+                            {"name": "predict_proba", "shape": [2, 3], "datatype": "FP64",
+                             "data": [0.7, 0.2, 0.1, 0.05, 0.15, 0.8]}]}
+    client.post("/log/cloudevents", **event("request", "full-1", {"instances": lists(records)}))
+    log = client.app.state.prediction_log
+    monkeypatch.setattr(log, "enqueue_all", lambda rows: False)  # the queue has no room for the pair
+    refused = client.post("/log/cloudevents", **event("response", "full-1", response))
+    assert refused.status_code == 503 and refused.headers["retry-after"]
+    assert client.app.state.intake.pairs.waiting() == 2  # both halves kept, neither lost
+    monkeypatch.undo()
+    retried = client.post("/log/cloudevents", **event("response", "full-1", response))  # the logger retries
+    assert retried.json() == {"status": "logged", "request_ids": ["full-1:0", "full-1:1"]}
+    flush(client)
+    assert table_rows(client) == 2 and client.app.state.intake.pairs.waiting() == 0
