@@ -348,9 +348,7 @@ class EventPairs:
         """Keep this half (a copy delivered again is kept once); both halves by kind when the pair is complete
         and this call took it, else None."""
         t = pending_events_table
-        dialect_insert = sqlite_insert if self.db.backend == "sqlite" else pg_insert
-        keep = dialect_insert(t).values(event_id=event_id, kind=kind, received_at=now, created_at=created_at,
-                                        data=data).on_conflict_do_nothing()
+        keep = self._keep(event_id, PendingEvent(kind, data, created_at), now)
         both = select(func.count()).select_from(t).where(t.c.event_id == event_id).scalar_subquery()
         # Two processes holding the two halves both try; the one whose DELETE removes the rows has the pair.
         take = delete(t).where(t.c.event_id == event_id, both == 2).returning(t.c.kind, t.c.data, t.c.created_at)
@@ -365,13 +363,16 @@ class EventPairs:
     def put_back(self, event_id: str, halves: list[PendingEvent], now: float) -> None:
         """Keep both halves of a pair that could not be logged (a full queue), without taking them: the sender's
         retry of either half pairs them again."""
-        t = pending_events_table
-        dialect_insert = sqlite_insert if self.db.backend == "sqlite" else pg_insert
         with self.db.engine.begin() as conn:
             for half in halves:
-                conn.execute(dialect_insert(t).values(event_id=event_id, kind=half.kind, received_at=now,
-                                                      created_at=half.created_at, data=half.data
-                                                      ).on_conflict_do_nothing())
+                conn.execute(self._keep(event_id, half, now))
+
+    def _keep(self, event_id: str, half: PendingEvent, now: float) -> Any:
+        """The INSERT of one half; a copy already there (a redelivery) is left as it is."""
+        dialect_insert = sqlite_insert if self.db.backend == "sqlite" else pg_insert
+        return dialect_insert(pending_events_table).values(
+            event_id=event_id, kind=half.kind, received_at=now, created_at=half.created_at, data=half.data,
+        ).on_conflict_do_nothing()
 
     def expire(self, older_than: float) -> int:
         """Delete the halves received before ``older_than``; how many (each counted by one process only)."""

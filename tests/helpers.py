@@ -198,6 +198,22 @@ def table_rows(client: Any) -> int:
     return int(client.app.state.prediction_log.store.count())
 
 
+def stored_rows(client: Any) -> dict[str, dict[str, Any]]:
+    """request_id -> the stored row, read from the table itself once an in-process app (a TestClient or an
+    InProcessServer) has written every queued row."""
+    from sqlalchemy import create_engine, select
+
+    from exporter.db import predictions_table
+
+    flush(client)
+    engine = create_engine(client.app.state.db.url)
+    try:
+        with engine.connect() as conn:
+            return {r.request_id: r._asdict() for r in conn.execute(select(predictions_table))}
+    finally:
+        engine.dispose()
+
+
 # Settings for a test about the request path, types or the log: no drift job to wait for, no HTML report, no
 # refits of the model for the reference rule. Merge into config_folder's changes (deep_update).
 NO_JOB: dict[str, Any] = {

@@ -9,25 +9,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, select
 
 from exporter.client import PredictionLogger
-from exporter.db import predictions_table
 from exporter.demo import Traffic
-from tests.helpers import NO_JOB, InProcessServer, config_folder, free_port, sample, wait_until
+from tests.helpers import NO_JOB, InProcessServer, config_folder, free_port, sample, stored_rows, wait_until
 
 PROBABILITIES = {"Adelie": 0.8, "Chinstrap": 0.15, "Gentoo": 0.05}
-
-
-def rows_of(server: InProcessServer) -> dict[str, dict[str, Any]]:
-    log = server.app.state.prediction_log
-    wait_until(lambda: log.queued == 0, 10, interval=0.02, what="the prediction log to drain")
-    engine = create_engine(server.app.state.db.url)
-    try:
-        with engine.connect() as conn:
-            return {r.request_id: r._asdict() for r in conn.execute(select(predictions_table))}
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture
@@ -46,7 +33,7 @@ def test_logged_predictions_arrive_with_their_ids_and_close_flushes(server: InPr
     logger.close()
     assert ids[-1] == "order-9" and len(set(ids)) == 30
     assert (logger.sent, logger.dropped, logger.queued) == (30, 0, 0)
-    rows = rows_of(server)
+    rows = stored_rows(server)
     assert set(rows) == set(ids)
     assert json.loads(rows["order-9"]["features"])["bill_length_mm"] == 41.5
     assert json.loads(rows["order-9"]["prediction"]) == "Gentoo" and rows["order-9"]["probabilities"] is None
@@ -62,7 +49,7 @@ def test_a_refused_batch_is_counted_dropped_and_the_rest_arrives(server: InProce
         logger.log(records[2], "Emperor")  # not a class: the exporter refuses its batch whole
         logger.log(records[3], "Adelie")
         wait_until(lambda: logger.dropped == 2, 10, what="the refused batch counted")
-    assert set(rows_of(server)) == set(good)
+    assert set(stored_rows(server)) == set(good)
     assert sample(server.metrics(), "model_log_records_total", outcome="refused") == 2
 
 
@@ -73,7 +60,7 @@ def test_a_batch_over_the_body_limit_is_halved_until_it_fits(demo_dir: Path, tmp
         with PredictionLogger(server.url, batch_size=40, flush_interval=5.0) as logger:
             ids = [logger.log(r, "Gentoo", PROBABILITIES) for r in records]
         assert (logger.sent, logger.dropped) == (40, 0)
-        assert set(rows_of(server)) == set(ids)
+        assert set(stored_rows(server)) == set(ids)
 
 
 def test_log_never_blocks_and_what_cannot_be_sent_is_counted() -> None:

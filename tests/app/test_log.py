@@ -12,11 +12,19 @@ from typing import Any
 import joblib
 import pandas as pd
 import pytest
-from sqlalchemy import create_engine, select
 
-from exporter.db import predictions_table
 from exporter.demo import CATEGORICAL, NUMERICAL, Traffic
-from tests.helpers import NO_JOB, app_client, config_folder, deep_update, drift_run, flush, parse_metrics, sample
+from tests.helpers import (
+    NO_JOB,
+    app_client,
+    config_folder,
+    deep_update,
+    drift_run,
+    flush,
+    parse_metrics,
+    sample,
+    stored_rows,
+)
 
 CLASSES = ["Adelie", "Chinstrap", "Gentoo"]
 
@@ -31,17 +39,6 @@ def monitor(demo_dir: Path, tmp_path: Path, **changes: Any) -> Path:
 def client(demo_dir: Path, tmp_path: Path) -> Iterator[Any]:
     with app_client(monitor(demo_dir, tmp_path)) as c:
         yield c
-
-
-def stored(client: Any) -> dict[str, dict[str, Any]]:
-    """request_id -> the stored row, read from the table itself."""
-    flush(client)
-    engine = create_engine(client.app.state.db.url)
-    try:
-        with engine.connect() as conn:
-            return {r.request_id: r._asdict() for r in conn.execute(select(predictions_table))}
-    finally:
-        engine.dispose()
 
 
 def served_elsewhere(demo_dir: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -71,7 +68,7 @@ def test_with_a_model_predict_and_log_work_side_by_side(demo_dir: Path, tmp_path
         predicted = client.post("/predict", json=record).json()
         logged = client.post("/log", json={"features": record, "prediction": "Gentoo", "request_id": "mine-1"})
         assert logged.status_code == 202 and logged.json() == {"request_id": "mine-1"}
-        rows = stored(client)
+        rows = stored_rows(client)
         assert set(rows) == {predicted["request_id"], "mine-1"}
         assert json.loads(rows["mine-1"]["prediction"]) == "Gentoo"
         metrics = parse_metrics(client.get("/metrics").text)
@@ -89,7 +86,7 @@ def test_logged_rows_are_stored_as_sent(client: Any, demo_dir: Path) -> None:
     assert batch.status_code == 202
     ids = batch.json()["request_ids"]
     assert len(ids) == 4 and ids[1] == "order-18" and len(set(ids)) == 4
-    rows = stored(client)
+    rows = stored_rows(client)
     assert set(rows) == {"order-17", *ids}
     for rid, sent in zip(["order-17", *ids], records, strict=True):
         row = rows[rid]
@@ -114,7 +111,7 @@ def test_a_request_id_logged_again_is_ignored_and_counted(client: Any, demo_dir:
     batch = client.post("/log/batch", json={"records": [{**second, "request_id": "b"}, {**second, "request_id": "b"},
                                                         {**second, "request_id": "a"}]})
     assert batch.status_code == 202 and batch.json() == {"request_ids": ["b", "b", "a"]}
-    rows = stored(client)
+    rows = stored_rows(client)
     assert set(rows) == {"a", "b"}
     assert json.loads(rows["a"]["features"])["bill_length_mm"] == first["features"]["bill_length_mm"]  # the first kept
     metrics = parse_metrics(client.get("/metrics").text)
@@ -158,7 +155,7 @@ def test_bad_records_are_refused_and_nothing_of_their_batch_is_logged(
         assert resp.status_code == 422, resp.text
         assert message in resp.text, resp.text
     assert batch.json()["detail"][0]["loc"][:3] == ["body", "records", 1]  # names the record
-    assert stored(client) == {}
+    assert stored_rows(client) == {}
     metrics = parse_metrics(client.get("/metrics").text)
     assert sample(metrics, "model_log_records_total", outcome="refused") == 4
     assert sample(metrics, "model_predictions_total") == 0
