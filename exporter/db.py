@@ -84,6 +84,7 @@ pending_events_table = Table(
 
 # /readyz may be asked by several probes and load balancers at once: one ping per interval answers them all.
 CHECK_INTERVAL_SECONDS = 1.0
+SCHEMA_ATTEMPTS = 10
 
 
 def make_engine(url: str, autocommit: bool = False) -> Engine:
@@ -134,13 +135,25 @@ class Database:
         """Create every missing table and index (idempotent; raises while the database cannot be reached)."""
         if self.schema_ready:
             return
+        for attempt in range(SCHEMA_ATTEMPTS):
+            try:
+                self._create_missing()
+                break
+            except sa_exc.DBAPIError as exc:
+                # Processes starting together (--workers, replicas) all find a table missing and create it: the
+                # losers' CREATE fails, and the next look finds it there.
+                if attempt == SCHEMA_ATTEMPTS - 1 or not is_schema_race(exc):
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        if self.backend == "postgresql":
+            self._widen_request_id()
+        self.schema_ready = True
+
+    def _create_missing(self) -> None:
         metadata.create_all(self.engine)
         for table in metadata.tables.values():  # create_all skips indexes added to a table that already exists
             for index in table.indexes:
                 index.create(self.engine, checkfirst=True)
-        if self.backend == "postgresql":
-            self._widen_request_id()
-        self.schema_ready = True
 
     def _widen_request_id(self) -> None:
         column = next(c for c in inspect(self.engine).get_columns("predictions") if c["name"] == "request_id")
@@ -217,6 +230,14 @@ def first_line(exc: BaseException) -> str:
 def is_missing_table(exc: BaseException) -> bool:
     message = str(exc).lower()
     return "no such table" in message or ("relation" in message and "does not exist" in message)
+
+
+def is_schema_race(exc: BaseException) -> bool:
+    """A CREATE that lost to another process creating the same table or index: SQLite's "already exists" or a
+    lock taken by the winner, PostgreSQL's duplicate relation or duplicate row type."""
+    message = str(exc).lower()
+    return ("already exists" in message or "database is locked" in message
+            or "pg_type_typname_nsp_index" in message)
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -141,13 +141,14 @@ def test_two_replicas_of_two_workers_are_one_deployment(deployment: tuple[Stack,
 
     # -- one run per interval, never two at once -----------------------------------------------------------------
     start_id = _newest(engine)
-    # Within 5 intervals (one schedule makes about one run per interval) ...
-    wait_until(lambda: _newest(engine) >= start_id + 4, 5 * INTERVAL, "four more stored runs", stack.logs)
+    # Five more runs (one schedule makes about one run per interval; a loaded machine may delay some) ...
+    wait_until(lambda: _newest(engine) >= start_id + 5, 8 * INTERVAL, "five more stored runs", stack.logs)
     end_id = _newest(engine)
     stored = [t for i, t in _runs(engine) if i > start_id]
     gaps = [b - a for a, b in itertools.pairwise(stored)]
-    # ... and never two runs within half an interval: one process's schedule, not two interleaved.
-    assert len(gaps) >= 3 and min(gaps) > INTERVAL / 2, gaps
+    # ... and about one interval apart on average: two interleaved schedules would average half an interval. A run
+    # is stamped when it ends, so one slowed by the load ends late and the gap after it is short: no bound on one gap.
+    assert len(gaps) >= 4 and sum(gaps) / len(gaps) > 0.7 * INTERVAL, gaps
     per_replica = [sample(parse_metrics(_scrape(r)), "model_drift_job_runs_total") or 0 for r in replicas]
     failed = [sample(parse_metrics(_scrape(r)), "model_drift_job_failures_total") for r in replicas]
     assert failed == [0, 0]
