@@ -275,10 +275,10 @@ def multivariate_method(method: str, ref_rows: int, traffic: int, seeds: int, ru
     """One multivariate method on its own (no per-feature tests): the share of stationary runs it flags at the check
     budget's alpha and its alerts at the default's, then the runs from each joint change to its alert."""
     from exporter.drift import normalise
-    from exporter.multivariate import fit_multivariate
 
     modes = Modes()
     started = time.monotonic()
+    fit_multivariate = _previous_encoding_fit if method == PREVIOUS_ENCODING else _method_fit(method)
     checked: list[bool] = []
     alerts_default = 0
     delays_by_change: dict[str, list[int | None]] = {c: [] for c in MULTIVARIATE_CHANGES}
@@ -315,6 +315,33 @@ def multivariate_method(method: str, ref_rows: int, traffic: int, seeds: int, ru
             "months": round(seeds * runs / RUNS_PER_MONTH, 4),
             "delays": {c: summary(v) for c, v in delays_by_change.items()},
             "seconds": round(time.monotonic() - started, 1)}
+
+
+PREVIOUS_ENCODING = "pca_reconstruction (one-hot x 1/sqrt 2, before)"
+
+
+def _method_fit(method: str) -> Callable[..., Any]:
+    from exporter.multivariate import fit_multivariate
+
+    return lambda frame, numerical, categorical, _: fit_multivariate(frame, numerical, categorical, method)
+
+
+def _previous_encoding_fit(frame: pd.DataFrame, numerical: list[str], categorical: list[str], _: str) -> Any:
+    """The PCA method as it was before block scaling: every one-hot column at 1/sqrt(2), whatever its feature's
+    level shares; measured beside the current methods so that the change's effect is in the table."""
+    import dataclasses
+    from unittest import mock
+
+    from exporter import multivariate
+
+    fit = multivariate.Encoder.fit
+
+    def previous(frame: pd.DataFrame, numerical: list[str], categorical: list[str]) -> multivariate.Encoder:
+        return dataclasses.replace(fit(frame, numerical, categorical),
+                                   block_scales=np.full(len(categorical), 1 / math.sqrt(2)))
+
+    with mock.patch.object(multivariate.Encoder, "fit", previous):
+        return multivariate.MultivariateReference(frame, numerical, categorical)
 
 
 def summary(values: list[int | None]) -> dict[str, Any]:
@@ -391,8 +418,9 @@ def plan(quick: bool, days: float, seeds: int) -> list[tuple[str, tuple[Any, ...
 def multivariate_plan(quick: bool) -> list[tuple[str, tuple[Any, ...]]]:
     from exporter.multivariate import METHODS
 
-    seeds, runs = (2, 150) if quick else (4, 500)
-    return [("methods", (method, ref_rows, 300, seeds, runs, 40)) for method in METHODS for ref_rows in (1000, 5000)]
+    seeds, runs = (2, 150) if quick else (6, 500)
+    return [("methods", (method, ref_rows, 300, seeds, runs, 40)) for method in (*METHODS, PREVIOUS_ENCODING)
+            for ref_rows in (1000, 5000)]
 
 
 def main(argv: list[str] | None = None) -> int:

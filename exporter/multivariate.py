@@ -1,10 +1,13 @@
 """Multivariate drift: one dataset-level score that sees changes of the joint distribution of the features, such as
 a correlation that flips sign while every marginal (and so every per-feature test) stays the same.
 
-Method: PCA data reconstruction error, as NannyML's "data reconstruction drift". The reference is encoded (numbers
-imputed and standardised, categories one-hot), a PCA keeping 65 % of the variance is fitted, and a window's score is
-the mean Euclidean distance between its encoded rows and their reconstruction from the kept components. Rows that
-break the reference's correlations leave the kept subspace and reconstruct badly.
+Two methods (``drift.multivariate.method``). ``pca_reconstruction``: PCA data reconstruction error, as NannyML's
+"data reconstruction drift". The reference is encoded (numbers imputed and standardised, categories one-hot, each
+feature's block scaled to unit variance), a PCA keeping 65 % of the variance is fitted, and a window's score is the
+mean Euclidean distance between its encoded rows and their reconstruction from the kept components. Rows that break
+the reference's correlations leave the kept subspace and reconstruct badly. ``classifier``: a domain classifier's
+cross-validated AUC, reference rows against window rows (ClassifierReference); it also sees a joint shift of the
+features' means, which keeps to the subspace.
 
 The threshold is calibrated, as the per-feature ones: the window mean that a window of fresh rows of the
 reference's population exceeds with probability ``alpha`` (see exporter.calibration). The PCA fits its own rows
@@ -46,7 +49,6 @@ CLASSIFIER_TREES = 50  # boosting rounds of depth 3: enough for a joint shift or
 CLASSIFIER_NULL_SD_FACTOR = 1.5
 VARIANCE_KEPT = 0.65  # NannyML's default
 MAX_CATEGORIES = 20  # per categorical feature: the most frequent ones; the rest share one "other" column
-ONE_HOT_SCALE = 1 / math.sqrt(2)  # a change of category moves a row by 1, as one standard deviation of a number
 # Encoded wider than this (say 1000 features, a third categorical: ~3700 columns), rows are projected onto MAX_WIDTH
 # fixed random directions first: the PCA of a 10000 x 3700 matrix, cross-fitted, would take minutes at start-up.
 MAX_WIDTH = 256
@@ -73,10 +75,15 @@ class MultivariateDrift:
 
 
 @dataclass(frozen=True)
-class _Encoder:
+class Encoder:
     """Frame -> numeric matrix: numbers median-imputed and standardised, categories one-hot (kept levels, other,
-    missing) scaled by ONE_HOT_SCALE; wider than MAX_WIDTH columns, then randomly projected to MAX_WIDTH. Fitted on
-    reference rows only."""
+    missing); wider than MAX_WIDTH columns, then randomly projected to MAX_WIDTH. Fitted on reference rows only.
+
+    Each categorical feature's block is scaled so that its total variance on the reference is 1, as a standardised
+    number's: every feature then weighs alike in the PCA. Unscaled, a feature's one-hot block has a variance of
+    1 - sum(p_k^2) < 1, so a shift of categories registers less than one of numbers; scaling each column to unit
+    variance instead (standardised one-hot) lets rare levels dominate and hides a correlation flip among numbers
+    (docs/drift.md has the measured scores)."""
 
     numerical: list[str]
     medians: np.ndarray
@@ -84,10 +91,11 @@ class _Encoder:
     scales: np.ndarray
     categorical: list[str]
     levels: list[list[str]]
+    block_scales: np.ndarray  # per categorical feature: 1 / sqrt(its block's variance on the reference)
     projection: np.ndarray | None  # (one-hot width, MAX_WIDTH) or None
 
     @classmethod
-    def fit(cls, frame: pd.DataFrame, numerical: list[str], categorical: list[str]) -> _Encoder:
+    def fit(cls, frame: pd.DataFrame, numerical: list[str], categorical: list[str]) -> Encoder:
         values = _numbers(frame, numerical)
         medians = np.zeros(len(numerical))
         for j in range(len(numerical)):
@@ -98,11 +106,16 @@ class _Encoder:
         scales = imputed.std(axis=0) if len(frame) else np.ones(len(numerical))
         scales = np.where(scales > 0, scales, 1.0)
         levels = [[str(v) for v in frame[name].value_counts().index[:MAX_CATEGORIES]] for name in categorical]
+        block_scales = np.ones(len(categorical))
+        for j, (name, kept) in enumerate(zip(categorical, levels, strict=True)):
+            shares = _level_codes(frame[name], kept).value_counts(normalize=True).to_numpy() if len(frame) else []
+            variance = 1.0 - float(np.sum(np.square(shares)))
+            block_scales[j] = 1 / math.sqrt(variance) if variance > 1e-9 else 1.0  # one level only: nothing to scale
         one_hot_width = len(numerical) + sum(len(kept) + 2 for kept in levels)
         projection = None
         if one_hot_width > MAX_WIDTH:  # Johnson-Lindenstrauss: distances kept, the PCA's cost bounded
             projection = np.random.default_rng(SEED).normal(0, 1 / math.sqrt(MAX_WIDTH), (one_hot_width, MAX_WIDTH))
-        return cls(list(numerical), medians, means, scales, list(categorical), levels, projection)
+        return cls(list(numerical), medians, means, scales, list(categorical), levels, block_scales, projection)
 
     @property
     def width(self) -> int:
@@ -118,23 +131,30 @@ class _Encoder:
         hot = np.empty((n, len(self.categorical)), dtype=np.int64)
         offset = p
         for j, (name, kept) in enumerate(zip(self.categorical, self.levels, strict=True)):
-            col = frame[name]
-            codes = pd.Categorical(col, categories=kept).codes.astype(np.int64)
-            hot[:, j] = offset + np.where(codes >= 0, codes, np.where(col.isna().to_numpy(), len(kept) + 1, len(kept)))
+            hot[:, j] = offset + _level_codes(frame[name], kept).to_numpy()
             offset += len(kept) + 2
+        hot_values = np.broadcast_to(self.block_scales, hot.shape)
         if self.projection is None:
             out = np.zeros((n, offset))
             out[:, :p] = numbers
-            out[np.arange(n)[:, None], hot] = ONE_HOT_SCALE
+            out[np.arange(n)[:, None], hot] = hot_values
             return out
         out = numbers @ self.projection[:p]
         if self.categorical:
             one_hot = sparse.csr_matrix(
-                (np.full(hot.size, ONE_HOT_SCALE), hot.ravel(), np.arange(0, hot.size + 1, hot.shape[1])),
+                (hot_values.ravel(), hot.ravel(), np.arange(0, hot.size + 1, hot.shape[1])),
                 shape=(n, offset),
             )
             out += one_hot @ self.projection
         return out
+
+
+def _level_codes(column: pd.Series, kept: list[str]) -> pd.Series:
+    """Each value's column within its feature's one-hot block: a kept level's index, len(kept) for "other" (rarer or
+    unseen), len(kept) + 1 for missing."""
+    codes = pd.Categorical(column, categories=kept).codes.astype(np.int64)
+    return pd.Series(np.where(codes >= 0, codes, np.where(column.isna().to_numpy(), len(kept) + 1, len(kept))),
+                     index=column.index)
 
 
 def _numbers(frame: pd.DataFrame, names: list[str]) -> np.ndarray:
@@ -157,7 +177,7 @@ def _distances(x: np.ndarray, mean: np.ndarray, components: np.ndarray) -> np.nd
 
 @dataclass(frozen=True)
 class _Model:
-    encoder: _Encoder
+    encoder: Encoder
     mean: np.ndarray
     components: np.ndarray  # (kept components, width), orthonormal rows
 
@@ -187,7 +207,7 @@ class MultivariateReference:
             raise ValueError(f"multivariate drift needs at least {2 * FOLDS} reference rows, got {n}")
         self.numerical = list(numerical)
         self.categorical = list(categorical)
-        encoder = _Encoder.fit(frame, numerical, categorical)
+        encoder = Encoder.fit(frame, numerical, categorical)
         encoded = encoder.transform(frame)
         mean, components = _pca(encoded, VARIANCE_KEPT)
         # Keep at least one dimension out: with every component kept every row reconstructs exactly.
@@ -267,38 +287,52 @@ class ClassifierReference:
             pick = np.random.default_rng(SEED).choice(len(frame), CLASSIFIER_REFERENCE_ROWS, replace=False)
             frame = frame.iloc[np.sort(pick)]
         self.numerical, self.categorical = list(numerical), list(categorical)
-        self.encoder = _Encoder.fit(frame, numerical, categorical)
+        self.encoder = Encoder.fit(frame, numerical, categorical)
         self.reference = self.encoder.transform(frame)
 
     def threshold(self, rows: int, alpha: float) -> float:
-        n = len(self.reference)
-        sd = CLASSIFIER_NULL_SD_FACTOR * math.sqrt((n + rows + 1) / (12 * n * rows))
-        return 0.5 + float(stats.norm.isf(alpha)) * sd
+        return domain_auc_threshold(len(self.reference), rows, alpha)
 
     def score(self, window: pd.DataFrame, alpha: float) -> MultivariateDrift:
-        from sklearn.ensemble import HistGradientBoostingClassifier
-        from sklearn.model_selection import StratifiedKFold
-
         if len(window) < FOLDS:
             raise ValueError(f"the window has {len(window)} rows: the classifier needs at least {FOLDS}")
         if len(window) > MAX_WINDOW_ROWS:
             pick = np.random.default_rng(SEED).choice(len(window), MAX_WINDOW_ROWS, replace=False)
             window = window.iloc[np.sort(pick)]
         rows = len(window)
-        x = np.vstack([self.reference, self.encoder.transform(window)])
-        y = np.r_[np.zeros(len(self.reference)), np.ones(rows)]
-        aucs = []
-        with threadpool_limits(1):  # as the PCA: one thread, the service's other threads keep theirs
-            for train, test in StratifiedKFold(FOLDS, shuffle=True, random_state=SEED).split(x, y):
-                model = HistGradientBoostingClassifier(max_iter=CLASSIFIER_TREES, max_depth=3, early_stopping=False,
-                                                       random_state=SEED)
-                aucs.append(_auc(model.fit(x[train], y[train]).predict_proba(x[test])[:, 1], y[test]))
-        # The mean of the folds' AUCs: each compares rows scored by one model, so each is a Mann-Whitney statistic
-        # under no drift; pooling the folds' scores would also compare the models' offsets.
-        auc = float(np.mean(aucs))
+        auc, _ = domain_classifier(self.reference, self.encoder.transform(window))
         threshold = self.threshold(rows, alpha)
         return MultivariateDrift(method=CLASSIFIER, score=auc, threshold=threshold, detected=auc >= threshold,
                                  rows=rows)
+
+
+def domain_auc_threshold(reference_rows: int, window_rows: int, alpha: float) -> float:
+    """The mean fold AUC of domain_classifier that no-drift windows exceed with probability ``alpha`` (see
+    ClassifierReference)."""
+    n, m = reference_rows, window_rows
+    sd = CLASSIFIER_NULL_SD_FACTOR * math.sqrt((n + m + 1) / (12 * n * m))
+    return 0.5 + float(stats.norm.isf(alpha)) * sd
+
+
+def domain_classifier(reference: np.ndarray, window: np.ndarray) -> tuple[float, np.ndarray]:
+    """A classifier telling the window's rows from the reference's, cross-fitted: (the mean of the folds' AUCs, each
+    reference row's out-of-fold probability of being a window row)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.model_selection import StratifiedKFold
+
+    x = np.vstack([reference, window])
+    y = np.r_[np.zeros(len(reference)), np.ones(len(window))]
+    out_of_fold = np.empty(len(x))
+    aucs = []
+    with threadpool_limits(1):  # as the PCA: one thread, the service's other threads keep theirs
+        for train, test in StratifiedKFold(FOLDS, shuffle=True, random_state=SEED).split(x, y):
+            model = HistGradientBoostingClassifier(max_iter=CLASSIFIER_TREES, max_depth=3, early_stopping=False,
+                                                   random_state=SEED)
+            out_of_fold[test] = model.fit(x[train], y[train]).predict_proba(x[test])[:, 1]
+            aucs.append(_auc(out_of_fold[test], y[test]))
+    # The mean of the folds' AUCs: each compares rows scored by one model, so each is a Mann-Whitney statistic
+    # under no drift; pooling the folds' scores would also compare the models' offsets.
+    return float(np.mean(aucs)), out_of_fold[: len(reference)]
 
 
 def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
