@@ -9,7 +9,9 @@ features and prediction.
 
 Both assume the relation between features and target, P(y|x), is the reference's (no concept drift) and that the
 reference is data the model was not trained on. The band around an estimate (99 %) is the sampling noise of the
-realized metric on the window's rows if those assumptions hold, not the estimator's own error.
+realized metric on the window's rows if those assumptions hold, not the estimator's own error. Where the window's
+mix of rows differs from the reference's, the calibration is refitted on reference rows weighted toward the window
+and the band adds that calibration's uncertainty (exporter.shift).
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.isotonic import IsotonicRegression
 from sklearn.model_selection import KFold
 
-from exporter.drift import threadpools
+from exporter.drift import normalise, threadpools
 from exporter.features import category_text, category_texts
 from exporter.quality import classification_quality, regression_quality
 from exporter.serde import known_fields
+from exporter.shift import ADAPTED_METRICS, ShiftAdapter
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,8 @@ class EstimateResult:
     metrics: dict[str, MetricEstimate] = field(default_factory=dict)
     error_rows: int = 0  # labelled rows of the window
     error: dict[str, float] = field(default_factory=dict)  # estimate minus realized, on those labelled rows
+    shift_auc: float | None = None  # CBPE: the domain classifier's AUC, reference vs window (exporter.shift)
+    adapted: bool = False  # CBPE: the calibration was weighted toward the window's mix of rows
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> EstimateResult:
@@ -66,25 +71,25 @@ class EstimateResult:
 # --- calibration (CBPE) -------------------------------------------------------------------------------------------
 
 
-def _fit_isotonic(p: np.ndarray, y: np.ndarray) -> IsotonicRegression:
-    return IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p, y)
+def _fit_isotonic(p: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> IsotonicRegression:
+    return IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p, y, sample_weight=w)
 
 
-def needs_calibration(p: np.ndarray, y: np.ndarray, seed: int = 0) -> bool:
+def needs_calibration(p: np.ndarray, y: np.ndarray, seed: int = 0, w: np.ndarray | None = None) -> bool:
     """Whether isotonic calibration lowers the calibration error, judged out of fold on the reference.
 
     The judge is the Brier score of the out-of-fold calibrated probabilities against the model's own. Isotonic
     regression is monotone, so both rank the rows alike and share the refinement term of Murphy's decomposition:
     their Brier difference is their difference in calibration error, without the noise and the upward bias that
-    binning gives an expected calibration error on a few hundred rows."""
+    binning gives an expected calibration error on a few hundred rows. With row weights ``w``, both are weighted."""
     if len(p) < 2 * CV_FOLDS or y.min() == y.max() or np.ptp(p) == 0:
         return False
     calibrated = np.empty_like(p)
     for train, test in KFold(CV_FOLDS, shuffle=True, random_state=seed).split(p):
         if y[train].min() == y[train].max():
             return False
-        calibrated[test] = _fit_isotonic(p[train], y[train]).predict(p[test])
-    return float(np.mean((calibrated - y) ** 2)) < float(np.mean((p - y) ** 2))
+        calibrated[test] = _fit_isotonic(p[train], y[train], None if w is None else w[train]).predict(p[test])
+    return float(np.average((calibrated - y) ** 2, weights=w)) < float(np.average((p - y) ** 2, weights=w))
 
 
 @dataclass
@@ -94,14 +99,15 @@ class Calibration:
     calibrators: list[IsotonicRegression | None]
 
     @classmethod
-    def fit(cls, probas: np.ndarray, labels: np.ndarray) -> Calibration:
+    def fit(cls, probas: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> Calibration:
+        """Fitted on the reference rows, each weighing ``weights`` (default: alike)."""
         k = probas.shape[1]
         columns = [1] if k == 2 else range(k)  # binary: the positive class, the other is its complement
         calibrators: list[IsotonicRegression | None] = [None] * k
         for c in columns:
             y = (labels == c).astype(float)
-            if needs_calibration(probas[:, c], y):
-                calibrators[c] = _fit_isotonic(probas[:, c], y)
+            if needs_calibration(probas[:, c], y, w=weights):
+                calibrators[c] = _fit_isotonic(probas[:, c], y, weights)
         return cls(calibrators)
 
     @property
@@ -215,14 +221,22 @@ class ClassificationEstimator:
     calibration: Calibration
     reference_rows: int
     keys: list[str] = field(default_factory=list)  # the classes as /predict keys its probabilities (str)
+    adapter: ShiftAdapter | None = None  # the reference rows a calibration weighted toward a window is fitted on
 
     @classmethod
-    def fit(cls, classes: list[Any], probas: np.ndarray, labels: list[Any]) -> ClassificationEstimator:
+    def fit(cls, classes: list[Any], probas: np.ndarray, labels: list[Any], frame: pd.DataFrame | None = None,
+            numerical: list[str] | None = None, categorical: list[str] | None = None) -> ClassificationEstimator:
+        """``frame``: the reference rows' features (as in ``labels``' order); without it, no shift adaptation."""
         names = [category_text(c) for c in classes]
         index = {name: i for i, name in enumerate(names)}
         y = np.array([index.get(category_text(v), -1) for v in labels])
         known = y >= 0
-        return cls(names, Calibration.fit(probas[known], y[known]), int(known.sum()), [str(c) for c in classes])
+        adapter = None
+        if frame is not None and (numerical or categorical):
+            features = normalise(frame.reset_index(drop=True), numerical or [], categorical or []).loc[known]
+            adapter = ShiftAdapter(features, numerical or [], categorical or [], probas[known], y[known])
+        return cls(names, Calibration.fit(probas[known], y[known]), int(known.sum()), [str(c) for c in classes],
+                   adapter)
 
     def index(self, values: list[Any] | pd.Series) -> np.ndarray:
         """Each value's class index (-1: missing or not one of the model's classes), vectorised."""
@@ -245,9 +259,12 @@ class ClassificationEstimator:
                      dtype=float).reshape(len(ok), len(keys))
         return m, ok
 
-    def estimate(self, raw: np.ndarray, predicted: np.ndarray, rng: np.random.Generator,
-                 draws: int = DRAWS) -> dict[str, MetricEstimate]:
-        calibrated = self.calibration.apply(raw)
+    def estimate(self, raw: np.ndarray, predicted: np.ndarray, rng: np.random.Generator, draws: int = DRAWS,
+                 calibration: Calibration | None = None,
+                 calibration_sd: dict[str, float] | None = None) -> dict[str, MetricEstimate]:
+        """The estimate and its 99 % band: the label noise, and ``calibration_sd`` (per metric) added in
+        quadrature. ``calibration``: one weighted toward the window (default: the reference's)."""
+        calibrated = (calibration or self.calibration).apply(raw)
         point = expected_metrics(raw, calibrated, predicted)
         n = len(predicted)
         spread = {"accuracy": math.sqrt(float((calibrated[np.arange(n), predicted]
@@ -273,6 +290,9 @@ class ClassificationEstimator:
             values = values[np.isfinite(values)]
             if len(values) > 1:
                 spread[name] = float(values.std(ddof=1)) * math.sqrt(m / n)
+        for name, sd in (calibration_sd or {}).items():
+            if name in spread:
+                spread[name] = math.hypot(spread[name], sd)
         return {name: _band(value, spread.get(name, math.nan), 0.0, 1.0) for name, value in point.items()
                 if math.isfinite(value)}
 
@@ -392,7 +412,7 @@ class EstimationSetup:
     labels: list[Any]  # the reference's labels (rows with a label)
     predictions: list[Any]  # the model's predictions of those rows
     probabilities: np.ndarray | None  # and its probabilities (classification), in the model's class order
-    frame: pd.DataFrame | None  # and their features (regression)
+    frame: pd.DataFrame | None  # and their features
     numerical: list[str] = field(default_factory=list)
     categorical: list[str] = field(default_factory=list)
     estimator: ClassificationEstimator | RegressionEstimator | None = None
@@ -401,7 +421,8 @@ class EstimationSetup:
         if self.estimator is not None:
             return
         if self.task == "classification" and self.probabilities is not None:
-            self.estimator = ClassificationEstimator.fit(self.classes, self.probabilities, self.labels)
+            self.estimator = ClassificationEstimator.fit(self.classes, self.probabilities, self.labels, self.frame,
+                                                         self.numerical, self.categorical)
         elif self.task == "regression" and self.frame is not None:
             self.estimator = RegressionEstimator.fit(self.frame, self.numerical, self.categorical, self.predictions,
                                                      self.labels)
@@ -423,7 +444,9 @@ def setup_from_reference(task: str, classes: list[Any], frame: pd.DataFrame, tar
         keys = [str(c) for c in classes]  # keyed as /predict answers them
         matrix = np.array([[p.get(k, 0.0) for k in keys] for p, ok in zip(probabilities, labelled, strict=True) if ok])
         return EstimationSetup(task, list(classes), frame.loc[labelled, target].tolist(),
-                               predictions[labelled].tolist(), matrix.reshape(-1, len(keys)), None)
+                               predictions[labelled].tolist(), matrix.reshape(-1, len(keys)),
+                               frame.loc[labelled, numerical + categorical].reset_index(drop=True),
+                               list(numerical), list(categorical))
     return EstimationSetup(task, [], frame.loc[labelled, target].tolist(), predictions[labelled].tolist(), None,
                            frame.loc[labelled, numerical + categorical].reset_index(drop=True),
                            list(numerical), list(categorical))
@@ -444,15 +467,29 @@ def estimate_window(setup: EstimationSetup, window: pd.DataFrame, seed: int = 0)
         if not ok.any():
             return None
         metrics = est.estimate(raw[ok], predicted[ok], rng)
+        calibration, shift = est.calibration, None
+        if est.adapter is not None:
+            features = normalise(window.reset_index(drop=True).loc[ok], est.adapter.numerical,
+                                 est.adapter.categorical)
+            shift = est.adapter.weights(features, raw[ok])
+            if shift is not None and shift.shifted:
+                calibration = est.adapter.calibration(shift.weights)
+                sd = est.adapter.calibration_sd(shift.weights, raw[ok], predicted[ok], rng)
+                adapted = est.estimate(raw[ok], predicted[ok], rng, calibration=calibration, calibration_sd=sd)
+                metrics.update({k: v for k, v in adapted.items() if k in ADAPTED_METRICS})
         error: dict[str, float] = {}
         sub = ok & labelled
         if sub.sum() >= 2:
             point = expected_metrics(raw[sub], est.calibration.apply(raw[sub]), predicted[sub])
+            if calibration is not est.calibration:
+                shifted = expected_metrics(raw[sub], calibration.apply(raw[sub]), predicted[sub])
+                point.update({k: v for k, v in shifted.items() if k in ADAPTED_METRICS})
             # realized as the model_quality gauge computes it (exporter.quality), on the same rows
             realized = classification_quality(labels[sub].tolist(), window["prediction"][sub].tolist(),
                                               window[PROBABILITIES][sub].tolist(), setup.classes)
             error = {k: float(point[k] - realized[k]) for k in point if k in realized}
-        return EstimateResult("cbpe", int(ok.sum()), metrics, int(sub.sum()), error)
+        return EstimateResult("cbpe", int(ok.sum()), metrics, int(sub.sum()), error,
+                              None if shift is None else shift.auc, calibration is not est.calibration)
     if isinstance(est, RegressionEstimator):
         predictions = pd.to_numeric(window["prediction"], errors="coerce").to_numpy(dtype=float)
         ok = np.isfinite(predictions)
