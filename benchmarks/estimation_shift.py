@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from exporter.estimation import PROBABILITIES, estimate_window, realized_metrics_many, setup_from_reference
+from exporter.estimation import (
+    PROBABILITIES,
+    EstimationSetup,
+    estimate_window,
+    realized_metrics_many,
+    setup_from_reference,
+)
 
 OUT = Path(__file__).resolve().parent / "estimation_shift.json"
 METRICS = ("accuracy", "f1_macro", "roc_auc")
@@ -30,6 +36,8 @@ NUMERICAL, CATEGORICAL = ["x1", "x2", "x3"], ["c"]
 
 class World:
     """``classes`` classes; logit of class k: its column of x @ W, plus 1 for category c in the last class."""
+
+    metrics = METRICS
 
     def __init__(self, classes: int, seed: int = 7) -> None:
         from sklearn.linear_model import LogisticRegression
@@ -57,45 +65,83 @@ class World:
     def rows(self, probas: np.ndarray) -> list[dict[str, float]]:
         return [dict(zip(map(str, range(self.classes)), row, strict=True)) for row in probas.tolist()]
 
+    def setup(self, frame: pd.DataFrame, y: np.ndarray) -> EstimationSetup | None:
+        probas = self.probas(frame)
+        return setup_from_reference("classification", list(range(self.classes)), frame.assign(y=y), "y",
+                                    pd.Series(probas.argmax(1)), self.rows(probas), NUMERICAL, CATEGORICAL)
 
-def compare(world: World, reference_rows: int, window_rows: int, references: int, windows: int,
+    def window(self, frame: pd.DataFrame, y: np.ndarray) -> tuple[pd.DataFrame, dict[str, float]]:
+        probas = self.probas(frame)
+        predicted = probas.argmax(1)
+        truth = {k: float(v[0]) for k, v in
+                 realized_metrics_many(y[None, :].astype(np.int8), probas, predicted).items()}
+        return frame.assign(prediction=predicted, **{PROBABILITIES: self.rows(probas)}), truth
+
+
+class RegressionWorld:
+    """Regression: y is linear in x1..x3 plus 0.3 x3^2 and a category effect, with noise whose sd grows with |x3|;
+    the model is a linear regression on all the features, so its error depends on x3: moving x3 moves the error."""
+
+    metrics = ("mae", "rmse")
+
+    def __init__(self, seed: int = 7) -> None:
+        from sklearn.linear_model import LinearRegression
+
+        rng = np.random.default_rng(seed)
+        x, y = self.draw(20_000, rng)
+        self.model = LinearRegression().fit(x[NUMERICAL], y)
+
+    def draw(self, n: int, rng: np.random.Generator, shift: float = 0.0) -> tuple[pd.DataFrame, np.ndarray]:
+        x = rng.normal(size=(n, 3))
+        x[:, 2] += shift
+        c = rng.choice(np.array(["a", "b", "c"], dtype=object), n, p=[0.6, 0.3, 0.1])
+        sd = 0.5 + 0.5 * np.abs(x[:, 2]) ** 1.5
+        y = x[:, 0] + 0.5 * x[:, 1] + 0.3 * x[:, 2] ** 2 + np.where(c == "c", 0.5, 0.0) + rng.normal(size=n) * sd
+        return pd.DataFrame({"x1": x[:, 0], "x2": x[:, 1], "x3": x[:, 2], "c": c}), y
+
+    def setup(self, frame: pd.DataFrame, y: np.ndarray) -> EstimationSetup | None:
+        return setup_from_reference("regression", [], frame.assign(y=y), "y",
+                                    pd.Series(self.model.predict(frame[NUMERICAL])), None, NUMERICAL, CATEGORICAL)
+
+    def window(self, frame: pd.DataFrame, y: np.ndarray) -> tuple[pd.DataFrame, dict[str, float]]:
+        predicted = self.model.predict(frame[NUMERICAL])
+        errors = y - predicted
+        truth = {"mae": float(np.abs(errors).mean()), "rmse": float(np.sqrt(np.mean(errors**2)))}
+        return frame.assign(prediction=predicted), truth
+
+
+def compare(world: World | RegressionWorld, reference_rows: int, window_rows: int, references: int, windows: int,
             shifts: tuple[float, ...] = SHIFTS, seed: int = 0) -> list[dict[str, Any]]:
     """Per shift: each estimate's error against the realized metric, band coverage, how often the adaptation was
     used, and its seconds per run (the plain estimate's are subtracted)."""
+    metrics = world.metrics
     cells: dict[float, dict[str, Any]] = {s: {"plain": [], "adapted": [], "plain_in": [], "adapted_in": [],
                                               "used": [], "seconds": []} for s in shifts}
     for r in range(references):
         rng = np.random.default_rng([seed, r])
-        frame, y = world.draw(reference_rows, rng)
-        probas = world.probas(frame)
-        setup = setup_from_reference("classification", list(range(world.classes)), frame.assign(y=y), "y",
-                                     pd.Series(probas.argmax(1)), world.rows(probas), NUMERICAL, CATEGORICAL)
+        setup = world.setup(*world.draw(reference_rows, rng))
+        assert setup is not None
         setup.fit()
         assert setup.estimator is not None
-        adapter = setup.estimator.adapter  # type: ignore[union-attr]
+        adapter = setup.estimator.adapter
         for shift in shifts:
             cell = cells[shift]
             for _ in range(windows):
-                frame, y = world.draw(window_rows, rng, shift)
-                probas = world.probas(frame)
-                predicted = probas.argmax(1)
-                truth = {k: float(v[0]) for k, v in
-                         realized_metrics_many(y[None, :].astype(np.int8), probas, predicted).items()}
-                window = frame.assign(prediction=predicted, **{PROBABILITIES: world.rows(probas)})
+                window, truth = world.window(*world.draw(window_rows, rng, shift))
                 started = time.perf_counter()
                 adapted = estimate_window(setup, window)
                 seconds = time.perf_counter() - started
-                setup.estimator.adapter = None  # type: ignore[union-attr]
+                setup.estimator.adapter = None  # the plain estimate: no adapter, no domain classifier
                 started = time.perf_counter()
                 plain = estimate_window(setup, window)
                 cell["seconds"].append(seconds - (time.perf_counter() - started))
-                setup.estimator.adapter = adapter  # type: ignore[union-attr]
+                setup.estimator.adapter = adapter
                 assert adapted is not None and plain is not None
                 cell["used"].append(adapted.adapted)
                 for name, result in (("plain", plain), ("adapted", adapted)):
-                    cell[name].append([result.metrics[m].value - truth[m] for m in METRICS])
+                    cell[name].append([result.metrics[m].value - truth[m] for m in metrics])
                     cell[f"{name}_in"].append([result.metrics[m].lower <= truth[m] <= result.metrics[m].upper
-                                               for m in METRICS])
+                                               for m in metrics])
     out = []
     for shift, cell in cells.items():
         row: dict[str, Any] = {"shift": shift, "windows": len(cell["used"]),
@@ -105,16 +151,16 @@ def compare(world: World, reference_rows: int, window_rows: int, references: int
             errors, inside = np.array(cell[name]), np.array(cell[f"{name}_in"])
             row[name] = {m: {"bias": float(errors[:, i].mean()),
                              "mean_abs_error": float(np.abs(errors[:, i]).mean()),
-                             "in_band": float(inside[:, i].mean())} for i, m in enumerate(METRICS)}
+                             "in_band": float(inside[:, i].mean())} for i, m in enumerate(metrics)}
         out.append(row)
     return out
 
 
-def markdown(rows: list[dict[str, Any]], title: str) -> str:
+def markdown(rows: list[dict[str, Any]], title: str, metrics: tuple[str, ...] = METRICS) -> str:
     lines = [f"**{title}**", "", "| x3 shift | adapted in | metric | plain: bias / mean abs error / in band | "
              "adapted: bias / mean abs error / in band |", "|---|---|---|---|---|"]
     for r in rows:
-        for m in METRICS:
+        for m in metrics:
             p, a = r["plain"][m], r["adapted"][m]
             lines.append(f"| {r['shift']:.1f} sd | {r['adapted_share']:.0%} of {r['windows']} | {m} | "
                          f"{p['bias']:+.4f} / {p['mean_abs_error']:.4f} / {p['in_band']:.0%} | "
@@ -125,11 +171,14 @@ def markdown(rows: list[dict[str, Any]], title: str) -> str:
 def main() -> None:
     started = time.monotonic()
     doc: dict[str, Any] = {}
+    title = "3000-row references (6), 2000-row windows (10 per reference)"
     for classes in (2, 3):
         rows = compare(World(classes), 3000, 2000, references=6, windows=10)
         doc[f"{classes}_classes"] = rows
-        print(markdown(rows, f"{classes} classes, 3000-row references (6), 2000-row windows (10 per reference)"))
-        print()
+        print(markdown(rows, f"{classes} classes, {title}"), end="\n\n")
+    rows = compare(RegressionWorld(), 3000, 2000, references=6, windows=10)
+    doc["regression"] = rows
+    print(markdown(rows, f"Regression, {title}", RegressionWorld.metrics), end="\n\n")
     doc["seconds"] = round(time.monotonic() - started, 1)
     OUT.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"{doc['seconds']} s")

@@ -10,8 +10,8 @@ features and prediction.
 Both assume the relation between features and target, P(y|x), is the reference's (no concept drift) and that the
 reference is data the model was not trained on. The band around an estimate (99 %) is the sampling noise of the
 realized metric on the window's rows if those assumptions hold, not the estimator's own error. Where the window's
-mix of rows differs from the reference's, the calibration is refitted on reference rows weighted toward the window
-and the band adds that calibration's uncertainty (exporter.shift).
+mix of rows differs from the reference's, the calibration (regression: the loss models) is refitted on reference rows
+weighted toward the window, and the band adds that refit's uncertainty (exporter.shift).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import operator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -59,8 +59,8 @@ class EstimateResult:
     metrics: dict[str, MetricEstimate] = field(default_factory=dict)
     error_rows: int = 0  # labelled rows of the window
     error: dict[str, float] = field(default_factory=dict)  # estimate minus realized, on those labelled rows
-    shift_auc: float | None = None  # CBPE: the domain classifier's AUC, reference vs window (exporter.shift)
-    adapted: bool = False  # CBPE: the calibration was weighted toward the window's mix of rows
+    shift_auc: float | None = None  # the domain classifier's AUC, reference vs window (exporter.shift)
+    adapted: bool = False  # the calibration (DLE: the loss models) was weighted toward the window's mix of rows
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> EstimateResult:
@@ -316,6 +316,9 @@ class RegressionEstimator:
     kurtosis: float  # E[e^4] / E[q(x)^2] on the reference: a squared error's spread around its predicted mean q(x)
     reference_rows: int
     level_var: tuple[float, float] = (0.0, 0.0)  # Var|e| / n and Var e^2 / n of the reference: its level's noise
+    adapter: ShiftAdapter | None = None  # the reference rows the loss models weighted toward a window are fitted on
+    design_rows: np.ndarray | None = None  # the adapter's rows: the loss models' inputs
+    error_rows: np.ndarray | None = None  # and the model's errors on them
 
     @staticmethod
     def _codes(frame: pd.DataFrame, categorical: list[str]) -> dict[str, dict[str, int]]:
@@ -360,7 +363,26 @@ class RegressionEstimator:
         self.kurtosis = max(fourth / float(np.mean(q**2)), 1.0) if fourth > 0 else 3.0
         n = max(len(errors), 1)
         self.level_var = (float(np.var(np.abs(errors))) / n, float(np.var(errors**2)) / n)
+        if numerical or categorical:
+            self.adapter = ShiftAdapter(normalise(frame, numerical, categorical), numerical, categorical,
+                                        pred[known][:, None])
+            self.design_rows, self.error_rows = X[self.adapter.rows], errors[self.adapter.rows]
         return self
+
+    def weighted(self, weights: np.ndarray) -> RegressionEstimator:
+        """The loss models refitted on the adapter's rows, each weighing ``weights`` (toward a window's mix); the
+        level's noise counts Kish's effective rows, which weighting shrinks."""
+        assert self.design_rows is not None and self.error_rows is not None
+        out = replace(self, abs_model=_hgb(self.categorical, self.numerical),
+                      sq_model=_hgb(self.categorical, self.numerical), adapter=None)
+        e = self.error_rows
+        with _one_thread():
+            out.abs_model.fit(self.design_rows, np.abs(e), sample_weight=weights)
+            out.sq_model.fit(self.design_rows, e**2, sample_weight=weights)
+        effective = max(float(weights.sum() ** 2 / np.square(weights).sum()), 1.0)
+        out.level_var = (float(np.cov(np.abs(e), aweights=weights)) / effective,
+                         float(np.cov(e**2, aweights=weights)) / effective)
+        return out
 
     def estimate(self, frame: pd.DataFrame, predictions: Any) -> dict[str, MetricEstimate]:
         X = self.design(frame, predictions)
@@ -496,13 +518,20 @@ def estimate_window(setup: EstimationSetup, window: pd.DataFrame, seed: int = 0)
         if not ok.any():
             return None
         frame = window.reset_index(drop=True)
-        metrics = est.estimate(frame.loc[ok], predictions[ok])
+        used, shift = est, None
+        if est.adapter is not None:
+            features = normalise(frame.loc[ok], est.adapter.numerical, est.adapter.categorical)
+            shift = est.adapter.weights(features, predictions[ok][:, None])
+            if shift is not None and shift.shifted:
+                used = est.weighted(shift.weights)
+        metrics = used.estimate(frame.loc[ok], predictions[ok])
         error = {}
         y = pd.to_numeric(labels.reset_index(drop=True), errors="coerce").to_numpy(dtype=float)
         sub = ok & np.isfinite(y)
         if sub.sum() >= 2:
-            point = est.point(frame.loc[sub], predictions[sub])
+            point = used.point(frame.loc[sub], predictions[sub])
             realized = regression_quality(y[sub].tolist(), predictions[sub].tolist())
             error = {k: point[k] - realized[k] for k in point}
-        return EstimateResult("dle", int(ok.sum()), metrics, int(sub.sum()), error)
+        return EstimateResult("dle", int(ok.sum()), metrics, int(sub.sum()), error,
+                              None if shift is None else shift.auc, used is not est)
     return None

@@ -56,16 +56,21 @@ class ShiftWeights:
 
 
 class ShiftAdapter:
-    """The labelled reference rows a weighted calibration is fitted on, encoded for the domain classifier.
+    """The labelled reference rows a weighted calibration (or weighted loss models) is fitted on, encoded for the
+    domain classifier.
 
-    ``frame``: the rows' features (normalised, see exporter.drift.normalise), ``probas`` the model's probabilities of
-    them, ``labels`` their class indices. At most CLASSIFIER_REFERENCE_ROWS rows, a fixed-seed sample, are kept."""
+    ``frame``: the rows' features (normalised, see exporter.drift.normalise), ``probas`` the model's outputs of them
+    (probabilities; a regression's predictions as one column), ``labels`` their class indices (classification).
+    At most CLASSIFIER_REFERENCE_ROWS rows, a fixed-seed sample, are kept: ``rows`` are their positions."""
 
     def __init__(self, frame: pd.DataFrame, numerical: list[str], categorical: list[str], probas: np.ndarray,
-                 labels: np.ndarray) -> None:
+                 labels: np.ndarray | None = None) -> None:
+        self.rows = np.arange(len(frame))
         if len(frame) > CLASSIFIER_REFERENCE_ROWS:
-            pick = np.sort(np.random.default_rng(SEED).choice(len(frame), CLASSIFIER_REFERENCE_ROWS, replace=False))
-            frame, probas, labels = frame.iloc[pick], probas[pick], labels[pick]
+            self.rows = np.sort(np.random.default_rng(SEED).choice(len(frame), CLASSIFIER_REFERENCE_ROWS,
+                                                                   replace=False))
+            frame, probas = frame.iloc[self.rows], probas[self.rows]
+            labels = None if labels is None else labels[self.rows]
         self.numerical, self.categorical = list(numerical), list(categorical)
         self.encoder = Encoder.fit(frame, numerical, categorical)
         self.probas, self.labels = probas, labels
@@ -92,6 +97,7 @@ class ShiftAdapter:
     def calibration(self, weights: np.ndarray) -> Calibration:
         from exporter.estimation import Calibration
 
+        assert self.labels is not None
         return Calibration.fit(self.probas, self.labels, weights)
 
     def calibration_sd(self, weights: np.ndarray, raw: np.ndarray, predicted: np.ndarray,
@@ -100,6 +106,7 @@ class ShiftAdapter:
         each calibration refitted (with its choice of which classes to calibrate)."""
         from exporter.estimation import Calibration, expected_metrics
 
+        assert self.labels is not None
         n = len(self.labels)
         points: dict[str, list[float]] = {}
         for _ in range(BOOTSTRAPS):
