@@ -171,12 +171,12 @@ def markdown(rows: list[dict[str, Any]], title: str, metrics: tuple[str, ...] = 
 def main() -> None:
     started = time.monotonic()
     doc: dict[str, Any] = {}
-    title = "3000-row references (6), 2000-row windows (10 per reference)"
+    title = "3000-row references (5), 2000-row windows (8 per reference)"
     for classes in (2, 3):
-        rows = compare(World(classes), 3000, 2000, references=6, windows=10)
+        rows = compare(World(classes), 3000, 2000, references=5, windows=8)
         doc[f"{classes}_classes"] = rows
         print(markdown(rows, f"{classes} classes, {title}"), end="\n\n")
-    rows = compare(RegressionWorld(), 3000, 2000, references=6, windows=10)
+    rows = compare(RegressionWorld(), 3000, 2000, references=5, windows=8)
     doc["regression"] = rows
     print(markdown(rows, f"Regression, {title}", RegressionWorld.metrics), end="\n\n")
     doc["seconds"] = round(time.monotonic() - started, 1)

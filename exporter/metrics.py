@@ -234,6 +234,11 @@ class ScrapeCollector(Collector):
             for name, value in e.error.items():
                 err.add_metric([name], value)
             yield err
+        if e.shift_auc is not None:  # None: no features to tell the mix by, or a window too small
+            yield _gauge("model_quality_estimation_shift_auc", "AUC of the domain classifier telling the drift "
+                         "window's rows from the reference's (0.5: the same mix of rows).", e.shift_auc)
+            yield _gauge("model_quality_estimation_adapted", "1 when the estimate's calibration (DLE: loss models) "
+                         "was weighted toward the window's mix of rows (covariate shift).", 1.0 if e.adapted else 0.0)
 
 
 

@@ -62,6 +62,8 @@ EXPORTED_METRICS: dict[str, str] = {
     "model_quality_estimated_lower": "gauge",
     "model_quality_estimated_upper": "gauge",
     "model_quality_estimation_error": "gauge",
+    "model_quality_estimation_shift_auc": "gauge",
+    "model_quality_estimation_adapted": "gauge",
     "model_quality_window_rows": "gauge",
     "model_feedback_total": "counter",
     "model_feedback_dropped_total": "counter",

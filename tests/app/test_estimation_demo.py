@@ -44,6 +44,10 @@ def test_demo_estimate_agrees_with_realized_quality_within_its_band(
     assert sample(metrics, "model_quality_window_rows") == ROWS
     served = drift["estimated_quality"]  # /drift serves the same stored run
     assert served["method"] == "cbpe" and served["rows"] == ROWS and served["error_rows"] == ROWS
+    # the domain classifier's verdict on the window's mix, the same in both places
+    assert sample(metrics, "model_quality_estimation_shift_auc") == pytest.approx(served["shift_auc"])
+    assert sample(metrics, "model_quality_estimation_adapted") == (1.0 if served["adapted"] else 0.0)
+    print(f"shift AUC {served['shift_auc']:.3f}, adapted {served['adapted']}")
     for metric in ("accuracy", "f1_macro", "roc_auc"):
         estimated = sample(metrics, "model_quality_estimated", metric=metric)
         lower = sample(metrics, "model_quality_estimated_lower", metric=metric)

@@ -68,6 +68,8 @@ EXPORTED_METRICS = {
     "model_quality_estimated_lower",
     "model_quality_estimated_upper",
     "model_quality_estimation_error",
+    "model_quality_estimation_shift_auc",
+    "model_quality_estimation_adapted",
     "model_quality_window_rows",
     "model_feedback_total",
     "model_feedback_dropped_total",
