@@ -300,7 +300,7 @@ class ClassifierReference:
             pick = np.random.default_rng(SEED).choice(len(window), MAX_WINDOW_ROWS, replace=False)
             window = window.iloc[np.sort(pick)]
         rows = len(window)
-        auc, _ = domain_classifier(self.reference, self.encoder.transform(window))
+        auc, _, _ = domain_classifier(self.reference, self.encoder.transform(window))
         threshold = self.threshold(rows, alpha)
         return MultivariateDrift(method=CLASSIFIER, score=auc, threshold=threshold, detected=auc >= threshold,
                                  rows=rows)
@@ -314,25 +314,30 @@ def domain_auc_threshold(reference_rows: int, window_rows: int, alpha: float) ->
     return 0.5 + float(stats.norm.isf(alpha)) * sd
 
 
-def domain_classifier(reference: np.ndarray, window: np.ndarray) -> tuple[float, np.ndarray]:
+def domain_classifier(reference: np.ndarray, window: np.ndarray,
+                      others: np.ndarray | None = None) -> tuple[float, np.ndarray, np.ndarray]:
     """A classifier telling the window's rows from the reference's, cross-fitted: (the mean of the folds' AUCs, each
-    reference row's out-of-fold probability of being a window row)."""
+    reference row's out-of-fold probability of being a window row, and the folds' mean probability for ``others``,
+    rows of the reference's that took no part in the fit)."""
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.model_selection import StratifiedKFold
 
     x = np.vstack([reference, window])
     y = np.r_[np.zeros(len(reference)), np.ones(len(window))]
     out_of_fold = np.empty(len(x))
+    rest = np.zeros(0 if others is None else len(others))
     aucs = []
     with threadpool_limits(1):  # as the PCA: one thread, the service's other threads keep theirs
         for train, test in StratifiedKFold(FOLDS, shuffle=True, random_state=SEED).split(x, y):
             model = HistGradientBoostingClassifier(max_iter=CLASSIFIER_TREES, max_depth=3, early_stopping=False,
-                                                   random_state=SEED)
-            out_of_fold[test] = model.fit(x[train], y[train]).predict_proba(x[test])[:, 1]
+                                                   random_state=SEED).fit(x[train], y[train])
+            out_of_fold[test] = model.predict_proba(x[test])[:, 1]
             aucs.append(_auc(out_of_fold[test], y[test]))
+            if others is not None and len(others):
+                rest += model.predict_proba(others)[:, 1] / FOLDS
     # The mean of the folds' AUCs: each compares rows scored by one model, so each is a Mann-Whitney statistic
     # under no drift; pooling the folds' scores would also compare the models' offsets.
-    return float(np.mean(aucs)), out_of_fold[: len(reference)]
+    return float(np.mean(aucs)), out_of_fold[: len(reference)], rest
 
 
 def _auc(scores: np.ndarray, labels: np.ndarray) -> float:

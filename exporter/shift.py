@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from exporter.estimation import Calibration
 
 GATE_ALPHA = 1e-3  # per run: a window this unlikely under no shift has its calibration weighted toward it
+# The reference rows a weighted calibration is fitted on: its own noise shrinks with them (on NannyML's binary data
+# set, 50 000 reference rows, the weighted accuracy's bootstrap sd was 0.0072 on 5000 rows, 0.0029 on 20 000).
+CALIBRATION_ROWS = 20_000
 MAX_WEIGHT = 20.0  # density ratios clipped here (times the mean): a few reference rows must not carry the estimate
 BOOTSTRAPS = 30  # resamples of the weighted reference: the calibration's sd to ~13 %, a fraction of a second
 # The metrics the weighted calibration estimates. Not roc_auc: it ranks rows, a shift the model's score does not see
@@ -61,38 +64,45 @@ class ShiftAdapter:
 
     ``frame``: the rows' features (normalised, see exporter.drift.normalise), ``probas`` the model's outputs of them
     (probabilities; a regression's predictions as one column), ``labels`` their class indices (classification).
-    At most CLASSIFIER_REFERENCE_ROWS rows, a fixed-seed sample, are kept: ``rows`` are their positions."""
+    At most CALIBRATION_ROWS rows, a fixed-seed sample, are kept (``rows``: their positions); the domain classifier
+    is fitted on CLASSIFIER_REFERENCE_ROWS of them and its folds' models weigh the others."""
 
     def __init__(self, frame: pd.DataFrame, numerical: list[str], categorical: list[str], probas: np.ndarray,
                  labels: np.ndarray | None = None) -> None:
+        rng = np.random.default_rng(SEED)
         self.rows = np.arange(len(frame))
-        if len(frame) > CLASSIFIER_REFERENCE_ROWS:
-            self.rows = np.sort(np.random.default_rng(SEED).choice(len(frame), CLASSIFIER_REFERENCE_ROWS,
-                                                                   replace=False))
+        if len(frame) > CALIBRATION_ROWS:
+            self.rows = np.sort(rng.choice(len(frame), CALIBRATION_ROWS, replace=False))
             frame, probas = frame.iloc[self.rows], probas[self.rows]
             labels = None if labels is None else labels[self.rows]
         self.numerical, self.categorical = list(numerical), list(categorical)
         self.encoder = Encoder.fit(frame, numerical, categorical)
         self.probas, self.labels = probas, labels
-        self.reference = self._design(frame, probas)
+        self.design = self._design(frame, probas)
+        self.fitted = np.zeros(len(frame), dtype=bool)  # the rows the domain classifier learns from
+        self.fitted[rng.choice(len(frame), min(len(frame), CLASSIFIER_REFERENCE_ROWS), replace=False)] = True
 
     def _design(self, frame: pd.DataFrame, probas: np.ndarray) -> np.ndarray:
-        # The model's probabilities ride along: the calibration is a function of them, and a tree finds a shift
-        # along the model's score in one split rather than many.
-        return np.column_stack([self.encoder.transform(frame), probas])
+        # The model's outputs ride along: the calibration is a function of them, and a tree finds a shift along
+        # the model's score in one split rather than many. float32: the trees bin their inputs anyway.
+        return np.column_stack([self.encoder.transform(frame), probas]).astype(np.float32)
 
     def weights(self, window: pd.DataFrame, probas: np.ndarray) -> ShiftWeights | None:
-        """The reference rows' density ratios toward ``window`` (normalised features, the model's probabilities of
-        it); None for a window too small to tell."""
+        """The reference rows' density ratios toward ``window`` (normalised features, the model's outputs of it);
+        None for a window too small to tell."""
         rows = len(window)
         if rows < MIN_WINDOW_ROWS:
             return None
-        auc, to_window = domain_classifier(self.reference, self._design(window, probas))
-        q = np.clip(to_window, 1e-6, 1 - 1e-6)
-        # P(window | x) / P(reference | x), times the prior odds the pooled sizes set: p_window(x) / p_reference(x)
-        ratio = q / (1 - q) * len(self.reference) / rows
+        fitted = int(self.fitted.sum())
+        auc, own, others = domain_classifier(self.design[self.fitted], self._design(window, probas),
+                                             self.design[~self.fitted])
+        q = np.empty(len(self.design))
+        q[self.fitted], q[~self.fitted] = own, others
+        q = np.clip(q, 1e-6, 1 - 1e-6)
+        # P(window | x) / P(reference | x), times the prior odds the fitted sizes set: p_window(x) / p_reference(x)
+        ratio = q / (1 - q) * fitted / rows
         ratio = np.minimum(ratio / ratio.mean(), MAX_WEIGHT)
-        return ShiftWeights(auc, domain_auc_threshold(len(self.reference), rows, GATE_ALPHA), ratio / ratio.mean())
+        return ShiftWeights(auc, domain_auc_threshold(fitted, rows, GATE_ALPHA), ratio / ratio.mean())
 
     def calibration(self, weights: np.ndarray) -> Calibration:
         from exporter.estimation import Calibration
