@@ -20,7 +20,7 @@ from threadpoolctl import ThreadpoolController
 
 from exporter.calibration import CALIBRATED_TESTS, calibrated_threshold, per_run_alpha, unseen_limit
 from exporter.features import category_texts
-from exporter.multivariate import METHOD as MULTIVARIATE_METHOD
+from exporter.multivariate import DEFAULT_METHOD as MULTIVARIATE_METHOD
 from exporter.multivariate import MultivariateDrift, fit_multivariate
 from exporter.serde import known_fields
 from exporter.stattests import CATEGORICAL, NUMERICAL, ColumnStats, TestResult, run_test, select_test

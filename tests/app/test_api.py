@@ -134,9 +134,9 @@ def test_drift_run_publishes_and_monitoring_serves_gzip_report(reporting_client:
     assert sample(metrics, "model_feature_drift_detected", feature="bill_length_mm") == 1.0
     assert drift["result"]["features"]["island"]["stat_test"]
     mv = drift["result"]["multivariate"]
-    assert mv["method"] == "pca_reconstruction" and mv["rows"] == 20
-    assert sample(metrics, "model_multivariate_drift_score", method="pca_reconstruction") == mv["score"]
-    assert sample(metrics, "model_multivariate_drift_threshold", method="pca_reconstruction") == mv["threshold"]
+    assert mv["method"] == "classifier" and mv["rows"] == 20
+    assert sample(metrics, "model_multivariate_drift_score", method="classifier") == mv["score"]
+    assert sample(metrics, "model_multivariate_drift_threshold", method="classifier") == mv["threshold"]
     assert sample(metrics, "model_multivariate_drift_detected") == (1.0 if mv["score"] >= mv["threshold"] else 0.0)
     raw = client.get("/monitoring", headers={"accept-encoding": "gzip"})
     assert raw.status_code == 200

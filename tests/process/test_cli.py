@@ -49,7 +49,7 @@ def test_simulate_then_drift_table(demo_dir: Path, tmp_path: Path) -> None:
     assert "yes" in lines["island"]           # the category mix changed
     assert "no" in lines["bill_length_mm"]
     assert "Drift of the last 400 predictions" in table.stdout
-    assert "multivariate drift: pca_reconstruction" in table.stdout
+    assert "multivariate drift: classifier" in table.stdout
     accuracy = float(table.stdout.split("accuracy ")[1].split()[0])
     assert 0.35 < accuracy < 0.65  # half the labels were sent wrong on purpose
     # estimated without labels (so the wrong labels do not move it), with its 99% band

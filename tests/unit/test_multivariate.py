@@ -15,7 +15,14 @@ from scipy import stats
 
 from exporter.calibration import per_run_alpha
 from exporter.drift import Reference, compute_drift, normalise
-from exporter.multivariate import MAX_WIDTH, MAX_WINDOW_ROWS, MultivariateDrift, MultivariateReference
+from exporter.multivariate import (
+    MAX_WIDTH,
+    MAX_WINDOW_ROWS,
+    METHOD,
+    METHODS,
+    MultivariateDrift,
+    MultivariateReference,
+)
 
 DEFAULT_ALPHA = per_run_alpha(0.01, 60.0)
 NUMERICAL = ["x1", "x2", "x3", "x4"]
@@ -73,7 +80,7 @@ def test_correlation_flip_with_unchanged_marginals_is_flagged() -> None:
     per-feature distributions do not move, the multivariate score does, at the default tiny alpha."""
     rng = np.random.default_rng(2)
     ref = population(2000, rng)
-    reference = Reference(ref, NUMERICAL, CATEGORICAL)
+    reference = Reference(ref, NUMERICAL, CATEGORICAL, multivariate_method=METHOD)
     window = population(300, rng)
     flipped = window.assign(x2=-window["x2"])
     assert np.corrcoef(flipped["x1"], flipped["x2"])[0, 1] < -0.7
@@ -110,9 +117,10 @@ def mixed_population(n: int, rng: np.random.Generator, swap: bool = False) -> pd
     })
 
 
-def test_categorical_and_missing_values() -> None:
+@pytest.mark.parametrize("method", METHODS)
+def test_categorical_and_missing_values(method: str) -> None:
     rng = np.random.default_rng(3)
-    reference = Reference(mixed_population(3000, rng), ["x", "y"], ["kind", "code"])
+    reference = Reference(mixed_population(3000, rng), ["x", "y"], ["kind", "code"], multivariate_method=method)
     assert reference.multivariate is not None
 
     fresh = compute_drift(reference, mixed_population(500, rng)).multivariate
