@@ -6,7 +6,7 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 HELM    = $(VENV)/bin/helm
 
-.PHONY: run test test-fast lint docs docs-serve bench bench-detection system-deps helm clean
+.PHONY: run test test-fast lint docs docs-serve bench bench-detection bench-peers system-deps helm clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed")'
@@ -60,6 +60,21 @@ bench: $(STAMP)
 # False alerts and detection delay of both threshold modes on synthetic populations -> benchmarks/detection.json
 bench-detection: $(STAMP)
 	$(PY) -m benchmarks.detection
+
+# Side by side with NannyML 0.13.1 (docs/peers.md) -> benchmarks/peers.json. NannyML runs in its own venv, made from
+# the pinned file; `-I` keeps this repository (and so our code) off its sys.path. Its output is kept in a gitignored
+# folder; ours then runs on the same chunks. 3-4 minutes on 2 cores (plus 1 to make the venv the first time).
+PEERS_VENV = .venv-peers/nannyml
+PEERS_DATA = benchmarks/peers/.data
+
+$(PEERS_VENV)/.installed: benchmarks/peers/nannyml_requirements.txt
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet -r $<
+	@touch $@
+
+bench-peers: $(STAMP) $(PEERS_VENV)/.installed
+	$(PEERS_VENV)/bin/python -I benchmarks/peers/nannyml_side.py $(PEERS_DATA)
+	$(PY) -m benchmarks.peers.compare --data $(PEERS_DATA)
 
 clean:
 	rm -rf $(VENV) .exporter .pytest_cache

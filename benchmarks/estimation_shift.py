@@ -68,7 +68,8 @@ class World:
     def setup(self, frame: pd.DataFrame, y: np.ndarray) -> EstimationSetup | None:
         probas = self.probas(frame)
         return setup_from_reference("classification", list(range(self.classes)), frame.assign(y=y), "y",
-                                    pd.Series(probas.argmax(1)), self.rows(probas), NUMERICAL, CATEGORICAL)
+                                    pd.Series(probas.argmax(1)), self.rows(probas), NUMERICAL, CATEGORICAL,
+                                    shift_adaptation=True)
 
     def window(self, frame: pd.DataFrame, y: np.ndarray) -> tuple[pd.DataFrame, dict[str, float]]:
         probas = self.probas(frame)
@@ -101,7 +102,8 @@ class RegressionWorld:
 
     def setup(self, frame: pd.DataFrame, y: np.ndarray) -> EstimationSetup | None:
         return setup_from_reference("regression", [], frame.assign(y=y), "y",
-                                    pd.Series(self.model.predict(frame[NUMERICAL])), None, NUMERICAL, CATEGORICAL)
+                                    pd.Series(self.model.predict(frame[NUMERICAL])), None, NUMERICAL, CATEGORICAL,
+                                    shift_adaptation=True)
 
     def window(self, frame: pd.DataFrame, y: np.ndarray) -> tuple[pd.DataFrame, dict[str, float]]:
         predicted = self.model.predict(frame[NUMERICAL])

@@ -48,6 +48,18 @@ class ReferenceSection(_Section):
         description="Monitor-only classification: class -> column of the reference holding the model's probability "
         "of that class. Estimated quality needs them; without them it is off.",
     )
+    shift_adaptation: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Estimated quality under covariate shift: when a domain classifier tells a window's rows from "
+        "the labelled reference's, refit the calibration (regression: the loss models) on reference rows weighted "
+        "toward the window, and widen the band by that refit's uncertainty. auto: on for regression (DLE), off for "
+        "classification (CBPE), as measured (docs: Estimated quality, under covariate shift).",
+    )
+
+    def adapts(self, task: str) -> bool:
+        """Whether the estimate is weighted toward each window's mix of rows, for this task."""
+        return self.shift_adaptation == "on" or (self.shift_adaptation == "auto" and task == "regression")
+
     check_held_out: bool = Field(
         default=True,
         description="When the drift job's worker starts, refit a copy of the model in 5-fold cross-validation on "

@@ -343,7 +343,7 @@ class RegressionEstimator:
 
     @classmethod
     def fit(cls, frame: pd.DataFrame, numerical: list[str], categorical: list[str], predictions: Any,
-            labels: Any) -> RegressionEstimator:
+            labels: Any, shift_adaptation: bool = False) -> RegressionEstimator:
         y = pd.to_numeric(pd.Series(list(labels)), errors="coerce").to_numpy(dtype=float)
         pred = np.asarray(predictions, dtype=float)
         known = np.isfinite(y) & np.isfinite(pred)
@@ -363,7 +363,7 @@ class RegressionEstimator:
         self.kurtosis = max(fourth / float(np.mean(q**2)), 1.0) if fourth > 0 else 3.0
         n = max(len(errors), 1)
         self.level_var = (float(np.var(np.abs(errors))) / n, float(np.var(errors**2)) / n)
-        if numerical or categorical:
+        if shift_adaptation and (numerical or categorical):
             self.adapter = ShiftAdapter(normalise(frame, numerical, categorical), numerical, categorical,
                                         pred[known][:, None])
             self.design_rows, self.error_rows = X[self.adapter.rows], errors[self.adapter.rows]
@@ -437,17 +437,19 @@ class EstimationSetup:
     frame: pd.DataFrame | None  # and their features
     numerical: list[str] = field(default_factory=list)
     categorical: list[str] = field(default_factory=list)
+    shift_adaptation: bool = False  # reference.shift_adaptation: weight the fit toward each window's mix of rows
     estimator: ClassificationEstimator | RegressionEstimator | None = None
 
     def fit(self) -> None:
         if self.estimator is not None:
             return
         if self.task == "classification" and self.probabilities is not None:
-            self.estimator = ClassificationEstimator.fit(self.classes, self.probabilities, self.labels, self.frame,
+            self.estimator = ClassificationEstimator.fit(self.classes, self.probabilities, self.labels,
+                                                         self.frame if self.shift_adaptation else None,
                                                          self.numerical, self.categorical)
         elif self.task == "regression" and self.frame is not None:
             self.estimator = RegressionEstimator.fit(self.frame, self.numerical, self.categorical, self.predictions,
-                                                     self.labels)
+                                                     self.labels, self.shift_adaptation)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -457,7 +459,7 @@ class EstimationSetup:
 
 def setup_from_reference(task: str, classes: list[Any], frame: pd.DataFrame, target: str, predictions: pd.Series,
                          probabilities: list[dict[str, float]] | None, numerical: list[str],
-                         categorical: list[str]) -> EstimationSetup | None:
+                         categorical: list[str], shift_adaptation: bool = False) -> EstimationSetup | None:
     """The estimation's inputs from the labelled reference rows; None when the model gives no probabilities."""
     labelled = frame[target].notna().to_numpy()
     if task == "classification":
@@ -468,10 +470,10 @@ def setup_from_reference(task: str, classes: list[Any], frame: pd.DataFrame, tar
         return EstimationSetup(task, list(classes), frame.loc[labelled, target].tolist(),
                                predictions[labelled].tolist(), matrix.reshape(-1, len(keys)),
                                frame.loc[labelled, numerical + categorical].reset_index(drop=True),
-                               list(numerical), list(categorical))
+                               list(numerical), list(categorical), shift_adaptation)
     return EstimationSetup(task, [], frame.loc[labelled, target].tolist(), predictions[labelled].tolist(), None,
                            frame.loc[labelled, numerical + categorical].reset_index(drop=True),
-                           list(numerical), list(categorical))
+                           list(numerical), list(categorical), shift_adaptation)
 
 
 def estimate_window(setup: EstimationSetup, window: pd.DataFrame, seed: int = 0) -> EstimateResult | None:

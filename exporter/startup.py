@@ -156,7 +156,8 @@ def build(settings: Settings) -> Parts:
             log.warning("quality estimation off: it needs the model's probabilities on the reference "
                         "(reference.probability_columns)")
         estimation = setup_from_reference(settings.model.task, classes, frame, target, predictions,
-                                          probabilities, features.numerical, features.categorical)
+                                          probabilities, features.numerical, features.categorical,
+                                          settings.reference.adapts(settings.model.task))
         if estimation is not None and settings.reference.check_held_out and model is not None:
             check = ReferenceCheck.of(str(model_path), settings.model.task, frame, model.features, target, predictions)
     return Parts(settings, model, record, reference, classes, baseline, estimation, check, checked)

@@ -22,7 +22,7 @@ def test_demo_estimate_agrees_with_realized_quality_within_its_band(
     # The drift job runs once, here, when every row and label is written; no report, no reference rule.
     config = config_folder(demo_dir, tmp_path, drift={"window_size": ROWS, "min_rows": 100, "interval_seconds": 2,
                                                       "report": False, "isolation": "thread"},
-                           reference={"check_held_out": False})
+                           reference={"check_held_out": False, "shift_adaptation": "on"})
     with InProcessServer(config) as server:
         # `exporter simulate` itself (its code, in this process): the same rows and labels as the command sends
         args = build_parser().parse_args(
@@ -44,7 +44,7 @@ def test_demo_estimate_agrees_with_realized_quality_within_its_band(
     assert sample(metrics, "model_quality_window_rows") == ROWS
     served = drift["estimated_quality"]  # /drift serves the same stored run
     assert served["method"] == "cbpe" and served["rows"] == ROWS and served["error_rows"] == ROWS
-    # the domain classifier's verdict on the window's mix, the same in both places
+    # reference.shift_adaptation on: the domain classifier's verdict on the window's mix, the same in both places
     assert sample(metrics, "model_quality_estimation_shift_auc") == pytest.approx(served["shift_auc"])
     assert sample(metrics, "model_quality_estimation_adapted") == (1.0 if served["adapted"] else 0.0)
     print(f"shift AUC {served['shift_auc']:.3f}, adapted {served['adapted']}")

@@ -165,7 +165,9 @@ def _families(text: str) -> set[str]:
 @pytest.fixture(scope="module")
 def served(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A served model after predictions, labels and one drift run: every family a served model exports."""
-    config = config_folder(demo_dir, tmp_path_factory.mktemp("served"), **quiet(drift={"min_rows": 20}))
+    # shift adaptation on: its two gauges are families a served classifier exports then
+    config = config_folder(demo_dir, tmp_path_factory.mktemp("served"),
+                           **quiet(drift={"min_rows": 20}, reference={"shift_adaptation": "on"}))
     with app_client(config) as client:
         records = [{**GOOD, "bill_length_mm": 36.0 + i % 20, "body_mass_g": 3300 + 25 * (i % 40)} for i in range(60)]
         answer = client.post("/predict/batch", json={"records": records})
