@@ -9,9 +9,10 @@ features and prediction.
 
 Both assume the relation between features and target, P(y|x), is the reference's (no concept drift) and that the
 reference is data the model was not trained on. The band around an estimate (99 %) is the sampling noise of the
-realized metric on the window's rows if those assumptions hold, not the estimator's own error. Where the window's
-mix of rows differs from the reference's, the calibration (regression: the loss models) is refitted on reference rows
-weighted toward the window, and the band adds that refit's uncertainty (exporter.shift).
+realized metric on the window's rows if those assumptions hold, not the estimator's own error. With
+reference.shift_adaptation on, where the window's mix of rows differs from the reference's, the calibration
+(regression: the loss models) is refitted on reference rows weighted toward the window, and the band adds that
+refit's uncertainty (exporter.shift).
 """
 
 from __future__ import annotations
@@ -469,7 +470,9 @@ def setup_from_reference(task: str, classes: list[Any], frame: pd.DataFrame, tar
         matrix = np.array([[p.get(k, 0.0) for k in keys] for p, ok in zip(probabilities, labelled, strict=True) if ok])
         return EstimationSetup(task, list(classes), frame.loc[labelled, target].tolist(),
                                predictions[labelled].tolist(), matrix.reshape(-1, len(keys)),
-                               frame.loc[labelled, numerical + categorical].reset_index(drop=True),
+                               # the features only where shift adaptation uses them: the setup travels to the worker
+                               frame.loc[labelled, numerical + categorical].reset_index(drop=True)
+                               if shift_adaptation else None,
                                list(numerical), list(categorical), shift_adaptation)
     return EstimationSetup(task, [], frame.loc[labelled, target].tolist(), predictions[labelled].tolist(), None,
                            frame.loc[labelled, numerical + categorical].reset_index(drop=True),

@@ -1,18 +1,20 @@
-"""Covariate-shift-adapted calibration for CBPE. Pure: arrays and frames in, results out.
+"""Covariate-shift adaptation of the label-free estimates (reference.shift_adaptation). Pure: arrays and frames
+in, results out.
 
-CBPE calibrates the model's probabilities on the reference's mix of rows. When the window's mix differs (covariate
-shift: P(x) moves, P(y|x) stays), a calibration that was right on average is wrong for the rows that now dominate:
-P(y | score) depends on which x carry that score. The fix is importance weighting: each reference row weighs as
-much as its density ratio p_window(x) / p_reference(x), read from a domain classifier that tells the window's rows
-from the reference's (the multivariate `classifier` method's, cross-fitted so that a row's ratio comes from a model
-that did not see it), clipped at MAX_WEIGHT. The calibration is then refitted on the weighted reference rows.
+CBPE calibrates the model's probabilities on the reference's mix of rows (DLE learns its loss models there). When
+the window's mix differs (covariate shift: P(x) moves, P(y|x) stays), a calibration that was right on average is
+wrong for the rows that now dominate: P(y | score) depends on which x carry that score. The fix is importance
+weighting: each reference row weighs as much as its density ratio p_window(x) / p_reference(x), read from a domain
+classifier that tells the window's rows from the reference's (the multivariate `classifier` method's; a row's ratio
+comes from a model that did not see it), clipped at MAX_WEIGHT. The calibration (the loss models) is then refitted
+on the weighted reference rows.
 
-Kept only where it measurably helps: the weighted calibration is used when the domain classifier's AUC says the
-window's mix differs (one-sided, GATE_ALPHA); otherwise the run's estimate is the plain CBPE's, bit for bit. Its
-band adds the weighted calibration's own uncertainty (a bootstrap of the reference rows, weights kept) to the label
-noise: weighting shrinks the calibration's effective rows, and the realized value then strays further than the label
-noise alone allows. docs/estimated-quality.md has the measured figures.
-"""
+Used only when the domain classifier's AUC says the window's mix differs (one-sided, GATE_ALPHA); otherwise the
+run's estimate is the plain one, bit for bit. CBPE's band adds the weighted calibration's own uncertainty (a
+bootstrap of the reference rows, weights kept) to the label noise: weighting shrinks the calibration's effective
+rows, and the realized value then strays further than the label noise alone allows. Where P(y|x) moves with the
+mix, the weighting follows the reference's P(y|x) to the wrong place: hence on by default for regression only
+(docs/estimated-quality.md has the measured figures)"""
 
 from __future__ import annotations
 
