@@ -415,7 +415,16 @@ def plan(quick: bool, days: float, seeds: int) -> list[tuple[str, tuple[Any, ...
     tasks.append(("cost", ()))
     tasks += multivariate_plan(quick)
     # the slowest first, so that two processes finish together
-    return sorted(tasks, key=lambda t: -(t[1][0] * (t[1][3] if t[0] == "stationary" else 50)) if t[1] else 0)
+    return sorted(tasks, key=lambda t: -_work(*t))
+
+
+def _work(kind: str, args: tuple[Any, ...]) -> float:
+    """A task's rough cost, to order the pool's work."""
+    if not args:
+        return 0.0
+    if kind == "methods":  # (method, ref_rows, traffic, seeds, runs, cap): a few minutes each
+        return float(args[1] * args[3] * args[4])
+    return float(args[0] * (args[3] if kind == "stationary" else 50))
 
 
 def multivariate_plan(quick: bool) -> list[tuple[str, tuple[Any, ...]]]:

@@ -14,7 +14,8 @@ run's estimate is the plain one, bit for bit. CBPE's band adds the weighted cali
 bootstrap of the reference rows, weights kept) to the label noise: weighting shrinks the calibration's effective
 rows, and the realized value then strays further than the label noise alone allows. Where P(y|x) moves with the
 mix, the weighting follows the reference's P(y|x) to the wrong place: hence on by default for regression only
-(docs/estimated-quality.md has the measured figures)"""
+(docs/estimated-quality.md has the measured figures).
+"""
 
 from __future__ import annotations
 
