@@ -67,11 +67,12 @@ DRIFT_FOR_SECONDS = _longest_for(DRIFT_ALERTS)
 def stack(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("e2e-stack")
     # `exporter serve` as shipped (drift in its worker process, on its scheduler), without what no test here reads:
-    # the HTML report (rebuilt every second, it would keep a core busy) and the reference rule's refits.
+    # the HTML report (rebuilt every second, it would keep a core busy) and the reference rule's refits. Shift
+    # adaptation on (off by default for a classifier): the quality dashboard's panel of its gauges gets data.
     config = config_folder(
         demo_dir, workdir / "app", database_url="sqlite:///predictions.db",
         drift={"window_size": WINDOW, "min_rows": 100, "interval_seconds": 1, "report": False},
-        reference={"check_held_out": False},
+        reference={"check_held_out": False, "shift_adaptation": "on"},
     )
     with running_stack(config, workdir) as running:
         yield running
