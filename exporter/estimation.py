@@ -93,6 +93,38 @@ def needs_calibration(p: np.ndarray, y: np.ndarray, seed: int = 0, w: np.ndarray
     return float(np.average((calibrated - y) ** 2, weights=w)) < float(np.average((p - y) ** 2, weights=w))
 
 
+def _all_classes_calibrate_better(probas: np.ndarray, labels: np.ndarray, chosen: list[Any],
+                                  weights: np.ndarray | None) -> bool:
+    """Multiclass: whether calibrating every class, rows renormalised, has a lower out-of-fold Brier score than the
+    per-class choice. Each class judged alone misses what the renormalisation does: on NannyML's multiclass data
+    set no class passed alone, and the roc_auc estimate of held-out reference chunks was +0.0029 biased (se 0.0007),
+    +0.0014 with every class calibrated."""
+    n, k = probas.shape
+    if n < 2 * CV_FOLDS:
+        return False
+    onehot = np.eye(k)[labels]
+    mixed, every = probas.astype(float, copy=True), probas.astype(float, copy=True)
+    for train, test in KFold(CV_FOLDS, shuffle=True, random_state=0).split(probas):
+        for c in range(k):
+            y = onehot[train, c]
+            if y.min() == y.max():
+                return False
+            fitted = _fit_isotonic(probas[train, c], y, None if weights is None else weights[train])
+            every[test, c] = fitted.predict(probas[test, c])
+            if chosen[c] is not None:
+                mixed[test, c] = every[test, c]
+    for m in (mixed, every):
+        total = m.sum(axis=1, keepdims=True)
+        ok = total[:, 0] > 0
+        m[ok] /= total[ok]
+        m[~ok] = probas[~ok]
+
+    def brier(m: np.ndarray) -> float:
+        return float(np.average(np.square(m - onehot).sum(axis=1), weights=weights))
+
+    return brier(every) < brier(mixed)
+
+
 @dataclass
 class Calibration:
     """One-vs-rest isotonic calibrators (None: that class's probabilities are kept as they are)."""
@@ -109,6 +141,8 @@ class Calibration:
             y = (labels == c).astype(float)
             if needs_calibration(probas[:, c], y, w=weights):
                 calibrators[c] = _fit_isotonic(probas[:, c], y, weights)
+        if k > 2 and None in calibrators and _all_classes_calibrate_better(probas, labels, calibrators, weights):
+            calibrators = [_fit_isotonic(probas[:, c], (labels == c).astype(float), weights) for c in range(k)]
         return cls(calibrators)
 
     @property
