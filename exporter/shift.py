@@ -31,14 +31,14 @@ if TYPE_CHECKING:
     from exporter.estimation import Calibration
 
 GATE_ALPHA = 1e-3  # per run: a window this unlikely under no shift has its calibration weighted toward it
-# The reference rows a weighted calibration is fitted on: its own noise shrinks with them (on NannyML's binary data
-# set, 50 000 reference rows, the weighted accuracy's bootstrap sd was 0.0072 on 5000 rows, 0.0029 on 20 000).
+# The reference rows a weighted calibration is fitted on, more than the domain classifier learns from: the
+# calibration's own noise shrinks with them (figures in the commit that raised it from 5000).
 CALIBRATION_ROWS = 20_000
 MAX_WEIGHT = 20.0  # density ratios clipped here (times the mean): a few reference rows must not carry the estimate
 BOOTSTRAPS = 30  # resamples of the weighted reference: the calibration's sd to ~13 %, a fraction of a second
 # The metrics the weighted calibration estimates. Not roc_auc: it ranks rows, a shift the model's score does not see
-# barely moves it, and the weighted calibration's own noise (fewer effective rows) inflated its estimate: measured
-# in benchmarks/estimation_shift.py, its error grew (0.0078 -> 0.0109 binary, 0.0074 -> 0.0128 three classes).
+# barely moves it, and the weighted calibration's own noise (fewer effective rows) made its estimate worse in
+# benchmarks/estimation_shift.py (docs/estimated-quality.md).
 ADAPTED_METRICS = ("accuracy", "f1_macro")
 MIN_WINDOW_ROWS = 50  # fewer: the domain classifier has too little to learn from; the plain CBPE is used
 
