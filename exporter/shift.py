@@ -96,16 +96,16 @@ class ShiftAdapter:
         rows = len(window)
         if rows < MIN_WINDOW_ROWS:
             return None
-        fitted = int(self.fitted.sum())
         auc, own, others = domain_classifier(self.design[self.fitted], self._design(window, probas),
                                              self.design[~self.fitted])
         q = np.empty(len(self.design))
         q[self.fitted], q[~self.fitted] = own, others
         q = np.clip(q, 1e-6, 1 - 1e-6)
-        # P(window | x) / P(reference | x), times the prior odds the fitted sizes set: p_window(x) / p_reference(x)
-        ratio = q / (1 - q) * fitted / rows
+        # P(window | x) / P(reference | x) is p_window(x) / p_reference(x) up to the prior odds of the pooled sizes, a
+        # constant that scaling the weights to mean 1 removes.
+        ratio = q / (1 - q)
         ratio = np.minimum(ratio / ratio.mean(), MAX_WEIGHT)
-        return ShiftWeights(auc, domain_auc_threshold(fitted, rows, GATE_ALPHA), ratio / ratio.mean())
+        return ShiftWeights(auc, domain_auc_threshold(int(self.fitted.sum()), rows, GATE_ALPHA), ratio / ratio.mean())
 
     def calibration(self, weights: np.ndarray) -> Calibration:
         from exporter.estimation import Calibration
