@@ -229,6 +229,33 @@ def _send_labels(client: Any, url: str, answers: list[dict[str, Any]], truth: li
     return len(labels) if resp.status_code == 202 else 0
 
 
+def _print_segments(console: Any, result: Any, min_rows: int, full: bool) -> None:
+    """drift.segments: one line in all, or (``--segments``) a table of every segment and what drifted in it."""
+    from rich.table import Table
+
+    judged = [s for s in result.segments if not s.too_small]
+    drifted = [s for s in judged if s.drifted]
+    console.print(f"segments: {len(drifted)} of {len(judged)} judged drifted, "
+                  f"{len(result.segments) - len(judged)} too small (under {min_rows} rows)"
+                  + ("" if full else "; --segments lists them"))
+    if not full:
+        return
+    table = Table(title="Drift per segment (each against the reference rows of the same segment)")
+    for col in ("segment by", "segment", "rows", "reference rows", "drifted features"):
+        table.add_column(col, justify="right" if "rows" in col else "left")
+    for seg in result.segments:
+        if seg.too_small:
+            verdict = "[yellow]too small"
+        elif seg.drifted:
+            verdict = "[red]" + ", ".join(
+                f"{f.feature} ({f.stat_test_display} {f.score:.3g}, threshold {f.threshold:.3g})"
+                for f in seg.features.values() if f.detected)
+        else:
+            verdict = "[green]none"
+        table.add_row(seg.segment_by, seg.segment, str(seg.window_rows), str(seg.reference_rows), verdict)
+    console.print(table)
+
+
 def cmd_drift(args: argparse.Namespace) -> int:
     """Drift over the current window, computed now: nothing is stored, pruned or locked, so it is safe beside a
     running service (whose own latest run is at /drift)."""
@@ -292,6 +319,8 @@ def cmd_drift(args: argparse.Namespace) -> int:
         mv = result.multivariate
         console.print(f"multivariate drift: {mv.method} {mv.score:.4g} (threshold {mv.threshold:.4g}, {mv.rows} rows) "
                       f"{'[red]drifted' if mv.detected else '[green]stable'}")
+    if result.segments:
+        _print_segments(console, result, settings.drift.segment_min_rows, args.segments)
     quality = output.quality
     if quality is not None and quality.metrics:
         shown = ", ".join(f"{k} {v:.4g} (reference {parts.quality_reference.get(k, float('nan')):.4g})"
@@ -359,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     drift = sub.add_parser("drift", help="compute drift over the current window now and print it (stores nothing)")
     drift.add_argument("--config", help="config YAML (default: the bundled demo)")
+    drift.add_argument("--segments", action="store_true", help="list every segment of drift.segments")
     drift.set_defaults(func=cmd_drift)
     return parser
 

@@ -133,6 +133,21 @@ class DriftSection(_Section):
     per_feature: dict[str, FeatureDriftSection] = Field(default_factory=dict)
     prediction: FeatureDriftSection = Field(default_factory=FeatureDriftSection)
     multivariate: MultivariateSection = Field(default_factory=MultivariateSection)
+    segments: list[str] = Field(
+        default_factory=list,
+        description="Categorical features to segment by: drift (and quality) is also judged within each of their "
+        "values, every segment's tests sharing the feature's false-alert budget.",
+    )
+    max_segments: int = Field(
+        default=20, ge=1, le=200,
+        description="Segments per segmenting feature: its most frequent reference values; the rest pooled as "
+        "__other__.",
+    )
+    segment_min_rows: int = Field(
+        default=200, ge=1,
+        description="A segment is judged with at least this many rows both in the window and in the reference; "
+        "below, it is reported as too small.",
+    )
     report: bool = Field(default=True, description="Build the Evidently HTML report served at /monitoring.")
     timeout_seconds: float = Field(
         default=300.0, gt=0, description="A run taking longer is abandoned and counted failed."
@@ -265,6 +280,12 @@ class Settings(BaseSettings):
         unknown = sorted(set(self.drift.per_feature) - names)
         if unknown:
             raise ValueError(f"drift.per_feature names unknown features: {', '.join(unknown)}")
+        not_categorical = [b for b in self.drift.segments if b not in self.features.categorical]
+        if not_categorical:
+            raise ValueError(f"drift.segments names features that are not categorical: {', '.join(not_categorical)}"
+                             " (segment by features.categorical)")
+        if len(set(self.drift.segments)) < len(self.drift.segments):
+            raise ValueError("drift.segments names a feature twice")
         if self.target in names:
             raise ValueError(f"target {self.target!r} is also listed as a feature")
         if self.model.path is None and self.reference.prediction_column is None:

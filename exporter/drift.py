@@ -58,6 +58,23 @@ class PredictionDrift:
 
 
 @dataclass(frozen=True)
+class SegmentDrift:
+    """One segment's drift: its window rows against the reference rows of the same segment, feature by feature
+    (not the segmenting feature). ``features`` is empty when the segment is too small to judge (``too_small``)."""
+
+    segment_by: str
+    segment: str
+    window_rows: int
+    reference_rows: int
+    too_small: bool
+    features: dict[str, FeatureDrift] = field(default_factory=dict)
+
+    @property
+    def drifted(self) -> list[str]:
+        return [f.feature for f in self.features.values() if f.detected]
+
+
+@dataclass(frozen=True)
 class DriftResult:
     computed_at: float
     window_rows: int
@@ -67,6 +84,7 @@ class DriftResult:
     prediction: PredictionDrift | None = None
     skipped_reason: str | None = None
     multivariate: MultivariateDrift | None = None  # None: fewer than 2 features, or its computation failed (logged)
+    segments: list[SegmentDrift] = field(default_factory=list)  # drift.segments unset: none
 
     @property
     def evaluated(self) -> list[FeatureDrift]:
@@ -102,10 +120,38 @@ class DriftResult:
             features={k: known_fields(FeatureDrift, v) for k, v in doc.get("features", {}).items()},
             prediction=None if prediction is None else known_fields(PredictionDrift, prediction),
             multivariate=None if multivariate is None else known_fields(MultivariateDrift, multivariate),
+            segments=[known_fields(SegmentDrift, seg, features={k: known_fields(FeatureDrift, v)
+                                                                for k, v in seg.get("features", {}).items()})
+                      for seg in doc.get("segments", [])],
         )
 
 
-class Reference:
+class Columns:
+    """Per-feature reference columns of a normalised frame: each feature's stats and numeric range. A feature with
+    no values here has neither (``stats`` lacks it): the whole reference refuses that (Reference), a segment's rows
+    may well lack one."""
+
+    def __init__(self, frame: pd.DataFrame, numerical: list[str], categorical: list[str]) -> None:
+        self.numerical = list(numerical)
+        self.categorical = list(categorical)
+        self.rows = len(frame)
+        self.stats: dict[str, ColumnStats] = {}
+        self.ranges: dict[str, tuple[float, float]] = {}
+        for name in numerical:
+            col = frame[name].replace([np.inf, -np.inf], np.nan).dropna()
+            if not col.empty:
+                self.stats[name] = ColumnStats(col, NUMERICAL)
+                self.ranges[name] = (float(col.min()), float(col.max()))
+        for name in categorical:
+            col = frame[name].dropna()
+            if not col.empty:
+                self.stats[name] = ColumnStats(col, CATEGORICAL)
+
+    def feature_type(self, name: str) -> str:
+        return NUMERICAL if name in self.numerical else CATEGORICAL
+
+
+class Reference(Columns):
     """The reference (training) data, cleaned once: per-feature columns, category sets and numeric ranges."""
 
     def __init__(
@@ -120,22 +166,11 @@ class Reference:
         missing = [c for c in numerical + categorical if c not in frame.columns]
         if missing:
             raise ValueError(f"reference data lacks configured feature(s): {', '.join(missing)}")
-        self.numerical = list(numerical)
-        self.categorical = list(categorical)
         self.frame = normalise(frame, numerical, categorical)
-        self.stats: dict[str, ColumnStats] = {}
-        self.ranges: dict[str, tuple[float, float]] = {}
-        for name in numerical:
-            col = self.frame[name].replace([np.inf, -np.inf], np.nan).dropna()
-            if col.empty:
-                raise ValueError(f"reference column {name!r} has no finite values")
-            self.stats[name] = ColumnStats(col, NUMERICAL)
-            self.ranges[name] = (float(col.min()), float(col.max()))
-        for name in categorical:
-            col = self.frame[name].dropna()
-            if col.empty:
-                raise ValueError(f"reference column {name!r} has no values")
-            self.stats[name] = ColumnStats(col, CATEGORICAL)
+        super().__init__(self.frame, numerical, categorical)
+        for name in numerical + categorical:
+            if name not in self.stats:
+                raise ValueError(f"reference column {name!r} has no {'finite ' if name in numerical else ''}values")
         self.prediction_type = prediction_type
         self.prediction_stats = None
         if predictions is not None:
@@ -145,13 +180,6 @@ class Reference:
         self.multivariate = fit_multivariate(self.frame, self.numerical, self.categorical, multivariate_method)
         digest = hashlib.sha256(pd.util.hash_pandas_object(self.frame[numerical + categorical], index=False).values)
         self.hash = digest.hexdigest()[:12]
-
-    @property
-    def rows(self) -> int:
-        return len(self.frame)
-
-    def feature_type(self, name: str) -> str:
-        return NUMERICAL if name in self.numerical else CATEGORICAL
 
 
 def _typed(col: pd.Series, kind: str) -> pd.Series:
@@ -181,7 +209,7 @@ def normalise(frame: pd.DataFrame, numerical: list[str], categorical: list[str])
 
 
 def feature_drift(
-    reference: Reference, window: pd.DataFrame, name: str, override: MethodOverride | None = None,
+    reference: Columns, window: pd.DataFrame, name: str, override: MethodOverride | None = None,
     alpha: float | None = None,
 ) -> FeatureDrift:
     kind = reference.feature_type(name)
@@ -189,6 +217,9 @@ def feature_drift(
     rows = len(raw)
     present = _clean(raw)
     missing_share = 1 - len(present) / rows if rows else 0.0
+    if name not in reference.stats:  # a segment whose reference rows all lack the feature
+        return FeatureDrift(name, kind, None, None, None, None, None, missing_share, 0.0,
+                            "no values in the reference rows")
     if kind == NUMERICAL:
         low, high = reference.ranges[name]
         unseen = int(((present < low) | (present > high)).sum())

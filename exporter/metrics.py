@@ -379,3 +379,30 @@ def drift_families(result: DriftResult) -> Iterator[Metric]:
             1.0 if mv.detected else 0.0,
         )
 
+    yield from segment_families(result)
+
+
+def segment_families(result: DriftResult) -> Iterator[Metric]:
+    """drift.segments: each segment's window rows, and its features' drift where the segment was judged (a segment
+    too small to judge has rows only: no verdict, rather than "no drift")."""
+    if not result.segments:
+        return
+    rows = _gauge("model_segment_window_rows", "Window rows of the segment in the last drift run.",
+                  labels=["segment_by", "segment"])
+    score = _gauge("model_segment_feature_drift_score", "Drift score of the feature within the segment (its rows "
+                   "against the reference rows of the same segment).",
+                   labels=["segment_by", "segment", "feature", "feature_type", "stat_test"])
+    threshold = _gauge("model_segment_feature_drift_threshold", "Threshold the segment's drift score is judged "
+                       "against (the feature's false-alert budget shared by its segments).",
+                       labels=["segment_by", "segment", "feature", "stat_test"])
+    detected = _gauge("model_segment_feature_drift_detected", "1 when the feature drifted within the segment.",
+                      labels=["segment_by", "segment", "feature"])
+    for seg in result.segments:
+        rows.add_metric([seg.segment_by, seg.segment], seg.window_rows)
+        for f in seg.features.values():
+            if f.detected is None or f.score is None or f.stat_test is None or f.threshold is None:
+                continue
+            score.add_metric([seg.segment_by, seg.segment, f.feature, f.feature_type, f.stat_test], f.score)
+            threshold.add_metric([seg.segment_by, seg.segment, f.feature, f.stat_test], f.threshold)
+            detected.add_metric([seg.segment_by, seg.segment, f.feature], 1.0 if f.detected else 0.0)
+    yield from (rows, score, threshold, detected)

@@ -5,6 +5,7 @@ Pure of where it runs (exporter.runners): a JobSpec in, a JobOutput out, the sto
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from exporter.estimation import LABEL, PROBABILITIES, EstimateResult, Estimation
 from exporter.quality import QualityResult, quality
 from exporter.reference_check import ReferenceCheck
 from exporter.report import CachedReport, build_report
+from exporter.segments import SegmentReference
 from exporter.store import PredictionStore
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,7 @@ class JobSpec:
     alpha: float | None = None  # calibrated thresholds' per-run false-flag probability; None: Evidently's thresholds
     estimation: EstimationSetup | None = None  # label-free quality estimation; fitted once where the runs happen
     reference_check: ReferenceCheck | None = None  # run once where the runs happen, after the first
+    segments: SegmentReference | None = None  # drift.segments: drift per segment
 
 
 @dataclass
@@ -81,6 +84,11 @@ def run_job(spec: JobSpec, store: PredictionStore) -> JobOutput:
         prediction_override=spec.prediction_override,
         alpha=spec.alpha,
     )
+    if spec.segments is not None and result.skipped_reason is None:
+        try:
+            result = dataclasses.replace(result, segments=spec.segments.judge(window, spec.alpha, spec.overrides))
+        except Exception as exc:  # the pooled drift of the run stands without it
+            log.error("segment drift failed: %s: %s", type(exc).__name__, exc)
     quality_result = None
     if spec.with_quality:
         labels, preds, probas = store.labelled_window(spec.window_size, spec.model_version)

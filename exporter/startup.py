@@ -27,6 +27,7 @@ from exporter.quality import quality
 from exporter.reference_check import ReferenceCheck
 from exporter.run import JobSpec
 from exporter.schema import record_model
+from exporter.segments import SegmentReference, SegmentSpec
 from exporter.stattests import check_method
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class Parts:
     estimation: EstimationSetup | None = None
     reference_check: ReferenceCheck | None = None
     request_path_rows: int = 0  # reference rows that /predict was checked to answer as the model does
+    segments: SegmentReference | None = None
 
     def job_spec(self, database_url: str | None = None) -> JobSpec:
         s = self.settings
@@ -75,6 +77,7 @@ class Parts:
             alpha=cfg.alpha,
             estimation=self.estimation,
             reference_check=self.reference_check,
+            segments=self.segments,
         )
 
 
@@ -160,7 +163,11 @@ def build(settings: Settings) -> Parts:
                                           settings.reference.adapts(settings.model.task))
         if estimation is not None and settings.reference.check_held_out and model is not None:
             check = ReferenceCheck.of(str(model_path), settings.model.task, frame, model.features, target, predictions)
-    return Parts(settings, model, record, reference, classes, baseline, estimation, check, checked)
+    segments = None
+    if settings.drift.segments:
+        segments = SegmentReference(reference, SegmentSpec(tuple(settings.drift.segments), settings.drift.max_segments,
+                                                           settings.drift.segment_min_rows))
+    return Parts(settings, model, record, reference, classes, baseline, estimation, check, checked, segments)
 
 
 def _logged_classes(settings: Settings, predictions: pd.Series) -> list[Any]:

@@ -155,8 +155,9 @@ def test_runs_stored_by_an_older_or_a_newer_version_read_back(app: Any) -> None:
            "estimate": dataclasses.asdict(estimate), "report": None}
     older = json.loads(json.dumps(doc))
     del older["drift"]["multivariate"], older["drift"]["features"]["bill_length_mm"]["error"], older["estimate"]
+    del older["drift"]["segments"]
     newer = json.loads(json.dumps(doc))
-    newer["drift"]["segments"] = {"island=Dream": {}}
+    newer["drift"]["heatmap"] = {"island=Dream": {}}
     newer["drift"]["features"]["bill_length_mm"]["importance"] = 0.3
     newer["quality"]["by_segment"] = {}
     newer["future_part"] = [1, 2]

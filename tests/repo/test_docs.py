@@ -167,9 +167,12 @@ def served(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     """A served model after predictions, labels and one drift run: every family a served model exports."""
     # shift adaptation on: its two gauges are families a served classifier exports then
     config = config_folder(demo_dir, tmp_path_factory.mktemp("served"),
-                           **quiet(drift={"min_rows": 20}, reference={"shift_adaptation": "on"}))
+                           **quiet(drift={"min_rows": 20, "segments": ["island"], "segment_min_rows": 10},
+                                   reference={"shift_adaptation": "on"}))
     with app_client(config) as client:
-        records = [{**GOOD, "bill_length_mm": 36.0 + i % 20, "body_mass_g": 3300 + 25 * (i % 40)} for i in range(60)]
+        # segments by island: Biscoe and Dream judged, Torgersen (5 rows) too small
+        records = [{**GOOD, "bill_length_mm": 36.0 + i % 20, "body_mass_g": 3300 + 25 * (i % 40),
+                    "island": "Torgersen" if i < 5 else ("Biscoe", "Dream")[i % 2]} for i in range(60)]
         answer = client.post("/predict/batch", json={"records": records})
         assert answer.status_code == 200, answer.text
         flush(client)
@@ -192,7 +195,8 @@ def test_the_metrics_page_lists_every_exported_family_and_only_those(served: Any
     # the run-derived and labelled families are there: drift, multivariate, quality, estimate, ingest outcomes
     assert {"model_feature_drift_score", "model_multivariate_drift_score", "model_quality",
             "model_quality_estimated", "model_quality_estimation_error", "model_log_records_total",
-            "model_log_events_total", "model_batch_rows", "http_requests_total"} <= exposed
+            "model_log_events_total", "model_batch_rows", "http_requests_total",
+            "model_segment_feature_drift_score", "model_segment_window_rows"} <= exposed
     listed = _table_column((DOCS / "metrics.md").read_text())
     missing = sorted(exposed - set(listed))
     assert not missing, f"families missing from docs/metrics.md: {missing}"
