@@ -144,16 +144,16 @@ def run_test(ref: ColumnStats, current: pd.Series, method: str | None = None,
         limit = test.default_threshold if threshold is None else threshold
         if test is ev.wasserstein_stat_test:
             score = _wasserstein_norm(ref, current)
-            return TestResult(test.name, test.display_name, score, limit, score >= limit)
+            return TestResult(test.name, test.display_name, score, limit, bool(score >= limit))
         if test is ev.jensenshannon_stat_test:
             score = _jensenshannon_categories(ref, current)
-            return TestResult(test.name, test.display_name, score, limit, score >= limit)
+            return TestResult(test.name, test.display_name, score, limit, bool(score >= limit))
         if test is ev.chi_stat_test:
             score = _chisquare_categories(ref, current)
-            return TestResult(test.name, test.display_name, score, limit, score < limit)
+            return TestResult(test.name, test.display_name, score, limit, bool(score < limit))
         if test is ev.z_stat_test:
             score = _z_proportions(ref, current)
-            return TestResult(test.name, test.display_name, score, limit, score < limit)
+            return TestResult(test.name, test.display_name, score, limit, bool(score < limit))
     result = test(ref.values, current, column_type(ref.kind), threshold)
     return TestResult(test.name, test.display_name, float(result.drift_score), float(result.actual_threshold),
                       bool(result.drifted))

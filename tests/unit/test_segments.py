@@ -42,8 +42,13 @@ def test_a_shift_confined_to_a_small_segment_is_found_there_and_hides_in_the_poo
     window = draw(3000, np.random.default_rng(7), shift=1.0, shifted="e")  # e: 10 % of the rows
     pooled = compute_drift(reference, window, alpha=alpha)
     assert not pooled.features["x1"].detected
-    found = {(s.segment, f) for s in segments.judge(window, alpha) for f in s.drifted}
+    judged = segments.judge(window, alpha)
+    found = {(s.segment, f) for s in judged for f in s.drifted}
     assert found == {("e", "x1")}
+    # plain bools, as the stored run's JSON needs (a numpy bool from a Wasserstein comparison is not JSON)
+    verdicts = [f.detected for s in judged for f in s.features.values()] + [
+        f.detected for f in pooled.features.values()]
+    assert {type(v) for v in verdicts} == {bool}
 
 
 def test_the_segmenting_feature_is_not_tested_in_its_own_segments() -> None:
