@@ -174,6 +174,11 @@ class DriftSection(_Section):
                 f"drift.min_rows ({self.min_rows}) is greater than drift.window_size ({self.window_size}): the window "
                 "never holds enough rows and drift would never be computed"
             )
+        if self.segments and self.segment_min_rows > self.window_size:
+            raise ValueError(
+                f"drift.segment_min_rows ({self.segment_min_rows}) is greater than drift.window_size "
+                f"({self.window_size}): no segment would ever be judged"
+            )
         return self
 
 
