@@ -68,6 +68,13 @@ class SegmentDrift:
     reference_rows: int
     too_small: bool
     features: dict[str, FeatureDrift] = field(default_factory=dict)
+    # With a target: realized quality on the segment's labelled rows (when at least segment_min_rows of them), the
+    # same metrics on its reference rows, and the label-free estimate on its window rows (metric -> value, lower,
+    # upper; judged segments only).
+    quality_rows: int = 0
+    quality: dict[str, float] = field(default_factory=dict)
+    quality_reference: dict[str, float] = field(default_factory=dict)
+    estimated: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def drifted(self) -> list[str]:

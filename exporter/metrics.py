@@ -406,3 +406,22 @@ def segment_families(result: DriftResult) -> Iterator[Metric]:
             threshold.add_metric([seg.segment_by, seg.segment, f.feature, f.stat_test], f.threshold)
             detected.add_metric([seg.segment_by, seg.segment, f.feature], 1.0 if f.detected else 0.0)
     yield from (rows, score, threshold, detected)
+    labels = ["segment_by", "segment", "metric"]
+    quality = {
+        "quality": _gauge("model_segment_quality", "Model quality on the segment's labelled rows (at least "
+                          "drift.segment_min_rows of them).", labels=labels),
+        "quality_reference": _gauge("model_segment_quality_reference", "Model quality on the segment's reference "
+                                    "rows (its baseline).", labels=labels),
+    }
+    estimated = {part: _gauge(f"model_segment_quality_estimated{suffix}", doc, labels=labels) for part, suffix, doc in (
+        ("value", "", "Model quality estimated without labels over the segment's window rows (judged segments)."),
+        ("lower", "_lower", "Lower end of the 99% sampling band of the segment's estimate."),
+        ("upper", "_upper", "Upper end of the 99% sampling band of the segment's estimate."))}
+    for seg in result.segments:
+        for part, family in quality.items():
+            for metric, value in getattr(seg, part).items():
+                family.add_metric([seg.segment_by, seg.segment, metric], value)
+        for metric, band in seg.estimated.items():
+            for part, family in estimated.items():
+                family.add_metric([seg.segment_by, seg.segment, metric], band[part])
+    yield from (f for f in (*quality.values(), *estimated.values()) if f.samples)

@@ -91,8 +91,16 @@ def run_job(spec: JobSpec, store: PredictionStore) -> JobOutput:
             log.error("segment drift failed: %s: %s", type(exc).__name__, exc)
     quality_result = None
     if spec.with_quality:
-        labels, preds, probas = store.labelled_window(spec.window_size, spec.model_version)
-        quality_result = quality(spec.task, labels, preds, probas, spec.classes)
+        labelled = store.labelled_rows(spec.window_size, spec.model_version, features=bool(result.segments))
+        quality_result = quality(spec.task, labelled.labels, labelled.predictions, labelled.probabilities,
+                                 spec.classes)
+        if spec.segments is not None and labelled.features is not None:
+            try:
+                result = dataclasses.replace(result, segments=spec.segments.with_quality(
+                    result.segments, spec.task, spec.classes, labelled.labels, labelled.predictions,
+                    labelled.probabilities, labelled.features))
+            except Exception as exc:  # the run stands without it
+                log.error("segment quality failed: %s: %s", type(exc).__name__, exc)
     estimate, estimate_seconds = None, 0.0
     if spec.estimation is not None and result.skipped_reason is None:
         estimate_started = time.monotonic()
@@ -100,6 +108,9 @@ def run_job(spec: JobSpec, store: PredictionStore) -> JobOutput:
             estimate = estimate_window(spec.estimation, window.join(outcomes))
         except Exception as exc:  # the drift and realized quality of the run stand without it
             log.error("quality estimation failed: %s: %s", type(exc).__name__, exc)
+        if spec.segments is not None and result.segments:
+            result = dataclasses.replace(result, segments=spec.segments.with_estimates(
+                result.segments, spec.estimation, window.join(outcomes)))
         estimate_seconds = time.monotonic() - estimate_started
     compute_seconds = time.monotonic() - started
     report = report_error = None

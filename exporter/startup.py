@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
@@ -165,8 +166,19 @@ def build(settings: Settings) -> Parts:
             check = ReferenceCheck.of(str(model_path), settings.model.task, frame, model.features, target, predictions)
     segments = None
     if settings.drift.segments:
+        quality_of = None
+        if target is not None:
+            labelled_rows = frame[target].notna().to_numpy()
+
+            def quality_of(mask: np.ndarray) -> dict[str, float]:
+                pick = mask & labelled_rows
+                return quality(settings.model.task, frame.loc[pick, target].tolist(), predictions[pick].tolist(),
+                               None if probabilities is None else [p for p, ok in zip(probabilities, pick,
+                                                                                      strict=True) if ok],
+                               classes).metrics
+
         segments = SegmentReference(reference, SegmentSpec(tuple(settings.drift.segments), settings.drift.max_segments,
-                                                           settings.drift.segment_min_rows))
+                                                           settings.drift.segment_min_rows), quality_of)
     return Parts(settings, model, record, reference, classes, baseline, estimation, check, checked, segments)
 
 

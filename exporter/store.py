@@ -202,27 +202,32 @@ class PredictionStore:
         self, size: int, model_version: str | None = None
     ) -> tuple[list[Any], list[Any], list[dict[str, float]] | None]:
         """Labels, predictions and probabilities of the latest ``size`` labelled predictions (of one model version)."""
+        rows = self.labelled_rows(size, model_version)
+        return rows.labels, rows.predictions, rows.probabilities
+
+    def labelled_rows(self, size: int, model_version: str | None = None, features: bool = False) -> LabelledRows:
+        """The latest ``size`` labelled predictions (of one model version), newest first; with ``features`` also each
+        row's features (drift.segments: the realized quality per segment), read in the same query."""
         t = predictions_table.c
-        query: Any = (
-            select(t.label, t.prediction, t.probabilities)
-            .where(t.label.is_not(None))
-            .order_by(t.id.desc())
-            .limit(size)
-        )
+        columns = [t.label, t.prediction, t.probabilities] + ([t.features] if features else [])
+        query: Any = select(*columns).where(t.label.is_not(None)).order_by(t.id.desc()).limit(size)
         if model_version is not None:
             query = query.where(t.model_version == model_version)
             if self.db.backend == "sqlite":
                 # Without statistics SQLite picks between this index and ix_predictions_version_id (the same
                 # columns) by the order they were created in; only this one skips the unlabelled rows.
-                query = text(f"SELECT label, prediction, probabilities FROM predictions INDEXED BY {LABELLED_INDEX} "
-                             "WHERE label IS NOT NULL AND model_version = :version ORDER BY id DESC LIMIT :size"
-                             ).bindparams(version=model_version, size=size)
+                query = text(f"SELECT label, prediction, probabilities{', features' if features else ''} FROM "
+                             f"predictions INDEXED BY {LABELLED_INDEX} WHERE label IS NOT NULL AND model_version = "
+                             ":version ORDER BY id DESC LIMIT :size").bindparams(version=model_version, size=size)
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
-        labels = [json.loads(r.label) for r in rows]
-        preds = [json.loads(r.prediction) for r in rows]
         probas = [json.loads(r.probabilities) for r in rows if r.probabilities is not None]
-        return labels, preds, probas if rows and len(probas) == len(rows) else None
+        return LabelledRows(
+            labels=[json.loads(r.label) for r in rows],
+            predictions=[json.loads(r.prediction) for r in rows],
+            probabilities=probas if rows and len(probas) == len(rows) else None,
+            features=[json.loads(r.features) for r in rows] if features else None,
+        )
 
     def window(
         self, size: int, max_age_seconds: float | None = None, now: float | None = None,
@@ -258,6 +263,14 @@ class PredictionStore:
             self._sqlite_autocommit.dispose()
 
 
+
+
+@dataclass(frozen=True)
+class LabelledRows:
+    labels: list[Any]
+    predictions: list[Any]
+    probabilities: list[dict[str, float]] | None  # None unless every row has them
+    features: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)

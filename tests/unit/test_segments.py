@@ -115,3 +115,76 @@ def test_a_segment_feature_of_100_values_is_capped_at_max_segments_plus_other() 
     other = next(s for s in result if s.segment == OTHER)
     assert other.window_rows == int((~window["c"].isin(segments.levels["c"])).sum())
     assert sum(s.window_rows for s in result) == len(window)  # every row in exactly one segment
+
+
+# --- quality per segment --------------------------------------------------------------------------------------------
+
+
+def labelled(rows: int, rng: np.random.Generator) -> pd.DataFrame:
+    """The segment population with a binary label drawn from a calibrated model's probability: the model knows
+    every cause (x1, x2 and the segment), so its calibration holds within each segment, whose accuracies differ."""
+    frame = draw(rows, rng, levels={"a": 0.5, "b": 0.3, "c": 0.2})
+    bonus = frame["c"].map({"a": 0.0, "b": 1.0, "c": -1.5}).to_numpy()
+    p = 1 / (1 + np.exp(-(1.5 * frame["x1"].to_numpy() - frame["x2"].to_numpy() + bonus)))
+    return frame.assign(p=p, y=np.where(rng.random(rows) < p, "1", "0"), prediction=np.where(p >= 0.5, "1", "0"))
+
+
+def test_the_segment_estimate_is_unbiased_and_its_band_holds() -> None:
+    """The honesty tests' standard per segment: over many windows, estimate minus realized averages about 0 and
+    the realized value falls inside the 99 % band in at least 96.5 % of them (each segment's rows a window)."""
+    from exporter.estimation import LABEL, PROBABILITIES, setup_from_reference
+    from exporter.quality import quality
+
+    rng = np.random.default_rng(21)
+    ref = labelled(6000, rng)
+    reference = Reference(ref, NUMERICAL, CATEGORICAL, multivariate_method="pca_reconstruction")
+    segments = SegmentReference(reference, SegmentSpec(("c",), min_rows=200))
+    setup = setup_from_reference("classification", ["0", "1"], ref, "y", ref["prediction"],
+                                 [{"0": 1 - p, "1": p} for p in ref["p"]], NUMERICAL, CATEGORICAL)
+    assert setup is not None
+    diffs: dict[str, list[float]] = {"accuracy": [], "roc_auc": []}
+    inside: dict[str, list[bool]] = {"accuracy": [], "roc_auc": []}
+    for _ in range(60):
+        window = labelled(2000, rng)
+        rows = window.assign(**{PROBABILITIES: [{"0": 1 - p, "1": p} for p in window["p"]], LABEL: None})
+        judged = segments.with_estimates(segments.judge(window, 2.3e-7), setup, rows)
+        for seg in judged:
+            if seg.too_small:
+                continue
+            part = window[window["c"] == seg.segment]
+            truth = quality("classification", part["y"].tolist(), part["prediction"].tolist(),
+                            [{"0": 1 - p, "1": p} for p in part["p"]], ["0", "1"]).metrics
+            for m in diffs:
+                band = seg.estimated[m]
+                diffs[m].append(band["value"] - truth[m])
+                inside[m].append(band["lower"] <= truth[m] <= band["upper"])
+    for m in diffs:
+        d = np.array(diffs[m])
+        assert len(d) == 180, m  # 3 segments judged in each window
+        bias, se = d.mean(), d.std(ddof=1) / np.sqrt(len(d))
+        print(f"{m}: mean(estimate - realized) {bias:+.4f} (se {se:.4f}), in band {np.mean(inside[m]):.3f}")
+        assert abs(bias) < max(4 * se, 0.003), (m, bias, se)
+        assert np.mean(inside[m]) >= 0.965, (m, np.mean(inside[m]))
+
+
+def test_realized_segment_quality_is_scikit_learns_on_the_segments_labelled_rows() -> None:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    rng = np.random.default_rng(4)
+    ref = labelled(4000, rng)
+    reference = Reference(ref, NUMERICAL, CATEGORICAL, multivariate_method="pca_reconstruction")
+    segments = SegmentReference(reference, SegmentSpec(("c",), min_rows=200),
+                                quality_of=lambda mask: {"accuracy": float(accuracy_score(ref["y"][mask],
+                                                                                          ref["prediction"][mask]))})
+    window = labelled(1500, rng)
+    judged = segments.judge(window, 2.3e-7)
+    got = segments.with_quality(judged, "classification", ["0", "1"], window["y"].tolist(),
+                                window["prediction"].tolist(), None, window[["c", "x1"]].to_dict("records"))
+    for seg in got:
+        part = window[window["c"] == seg.segment]
+        assert seg.quality_rows == len(part)
+        assert seg.quality["accuracy"] == pytest.approx(accuracy_score(part["y"], part["prediction"]))
+        assert seg.quality["f1_macro"] == pytest.approx(f1_score(part["y"], part["prediction"], average="macro"))
+        mask = (ref["c"] == seg.segment).to_numpy()
+        assert seg.quality_reference["accuracy"] == pytest.approx(accuracy_score(ref["y"][mask],
+                                                                                 ref["prediction"][mask]))
