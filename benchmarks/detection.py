@@ -393,9 +393,12 @@ def _task(spec: tuple[str, tuple[Any, ...]]) -> dict[str, Any]:
 
     warnings.simplefilter("ignore")
     kind, args = spec
+    from benchmarks import detection_segments as seg
+
     fn: Callable[..., dict[str, Any]] = {"stationary": stationary, "delay": delays,
                                          "correlation": correlation_delays, "cost": multivariate_cost,
-                                         "methods": multivariate_method}[kind]
+                                         "methods": multivariate_method, "segments_stationary": seg.stationary,
+                                         "segments_delay": seg.delays, "segments_cost": seg.cost}[kind]
     with threadpool_limits(1):
         return {"kind": kind, **fn(*args)}
 
@@ -414,6 +417,7 @@ def plan(quick: bool, days: float, seeds: int) -> list[tuple[str, tuple[Any, ...
         tasks.append(("correlation", (ref_rows, 300, 6 if quick else 20, 60)))
     tasks.append(("cost", ()))
     tasks += multivariate_plan(quick)
+    tasks += segments_plan(quick)
     # the slowest first, so that two processes finish together
     return sorted(tasks, key=lambda t: -_work(*t))
 
@@ -424,6 +428,8 @@ def _work(kind: str, args: tuple[Any, ...]) -> float:
         return 0.0
     if kind == "methods":  # (method, ref_rows, traffic, seeds, runs, cap): a few minutes each
         return float(args[1] * args[3] * args[4])
+    if kind.startswith("segments"):  # stationary: minutes; delays and cost: about one
+        return 5e7 if kind == "segments_stationary" else 1e7
     return float(args[0] * (args[3] if kind == "stationary" else 50))
 
 
@@ -435,6 +441,12 @@ def multivariate_plan(quick: bool) -> list[tuple[str, tuple[Any, ...]]]:
             for ref_rows in (1000, 5000)]
 
 
+def segments_plan(quick: bool) -> list[tuple[str, tuple[Any, ...]]]:
+    from benchmarks.detection_segments import plan as segment_tasks
+
+    return segment_tasks(quick)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.detection", description=__doc__.split("\n\n")[0])
     parser.add_argument("--days", type=float, default=2.0, help="simulated days of stationary runs per cell")
@@ -444,8 +456,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(BENCH_DIR / "detection.json"))
     parser.add_argument("--multivariate-only", action="store_true",
                         help="only the multivariate methods side by side (a few minutes); prints their table")
+    parser.add_argument("--segments-only", action="store_true",
+                        help="only the segments section (about 10 minutes); replaces it in the --out file")
     args = parser.parse_args(argv)
     started = time.monotonic()
+    if args.segments_only:
+        from benchmarks.detection_segments import render as render_segments
+
+        with ProcessPoolExecutor(args.workers) as pool:
+            segments = list(pool.map(_task, sorted(segments_plan(args.quick), key=lambda t: -_work(*t))))
+        print(render_segments(segments))
+        try:
+            with open(args.out) as fh:
+                kept = json.load(fh)
+        except FileNotFoundError:
+            kept = {"machine": machine_info()}
+        kept["segments"] = segments
+        with open(args.out, "w") as fh:
+            json.dump(kept, fh, indent=1, default=float)
+        return 0
     if args.multivariate_only:
         with ProcessPoolExecutor(args.workers) as pool:
             methods = list(pool.map(_task, multivariate_plan(args.quick)))
@@ -469,10 +498,14 @@ def main(argv: list[str] | None = None) -> int:
         "correlation": [r for r in results if r["kind"] == "correlation"],
         "multivariate_cost": next(r for r in results if r["kind"] == "cost"),
         "multivariate_methods": [r for r in results if r["kind"] == "methods"],
+        "segments": [r for r in results if r["kind"].startswith("segments")],
     }
     with open(args.out, "w") as fh:
         json.dump(doc, fh, indent=1, default=float)
     print(render(doc))
+    from benchmarks.detection_segments import render as render_segments
+
+    print("\n" + render_segments(doc["segments"]))
     return 0
 
 

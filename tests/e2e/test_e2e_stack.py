@@ -71,7 +71,10 @@ def stack(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     # adaptation on (off by default for a classifier): the quality dashboard's panel of its gauges gets data.
     config = config_folder(
         demo_dir, workdir / "app", database_url="sqlite:///predictions.db",
-        drift={"window_size": WINDOW, "min_rows": 100, "interval_seconds": 1, "report": False},
+        drift={"window_size": WINDOW, "min_rows": 100, "interval_seconds": 1, "report": False,
+               # segments by island: the segment panels and the segment rules get data (the demo's islands hold
+               # 60-170 reference rows, so the minimum is lowered from 200)
+               "segments": ["island"], "segment_min_rows": 20},
         reference={"check_held_out": False, "shift_adaptation": "on"},
     )
     with running_stack(config, workdir) as running:
@@ -204,7 +207,7 @@ NO_DATA_EXPECTED = {
     "demo classifies"
     for metric in ("mae", "rmse") for ref in "ABCDE"
 }
-VARIABLES = {"feature": SHIFTED, "handler": "/predict", "__rate_interval": "1m", "__interval": "15s", "__range": "6h"}
+VARIABLES = {"feature": SHIFTED, "segment_by": "island", "segment": "Biscoe", "handler": "/predict", "__rate_interval": "1m", "__interval": "15s", "__range": "6h"}
 # Series Prometheus makes for every scrape target (not in any /metrics page).
 SCRAPE_SERIES = {
     "up", "scrape_duration_seconds", "scrape_samples_scraped", "scrape_samples_post_metric_relabeling",
