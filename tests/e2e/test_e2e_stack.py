@@ -207,7 +207,8 @@ NO_DATA_EXPECTED = {
     "demo classifies"
     for metric in ("mae", "rmse") for ref in "ABCDE"
 }
-VARIABLES = {"feature": SHIFTED, "segment_by": "island", "segment": "Biscoe", "handler": "/predict", "__rate_interval": "1m", "__interval": "15s", "__range": "6h"}
+VARIABLES = {"feature": SHIFTED, "segment_by": "island", "segment": "Biscoe",
+             "handler": "/predict", "__rate_interval": "1m", "__interval": "15s", "__range": "6h"}
 # Series Prometheus makes for every scrape target (not in any /metrics page).
 SCRAPE_SERIES = {
     "up", "scrape_duration_seconds", "scrape_samples_scraped", "scrape_samples_post_metric_relabeling",
