@@ -109,8 +109,11 @@ def run_job(spec: JobSpec, store: PredictionStore) -> JobOutput:
         except Exception as exc:  # the drift and realized quality of the run stand without it
             log.error("quality estimation failed: %s: %s", type(exc).__name__, exc)
         if spec.segments is not None and result.segments:
-            result = dataclasses.replace(result, segments=spec.segments.with_estimates(
-                result.segments, spec.estimation, window.join(outcomes)))
+            try:
+                result = dataclasses.replace(result, segments=spec.segments.with_estimates(
+                    result.segments, spec.estimation, window.join(outcomes)))
+            except Exception as exc:  # the run stands without the segments' estimates
+                log.error("segment quality estimation failed: %s: %s", type(exc).__name__, exc)
         estimate_seconds = time.monotonic() - estimate_started
     compute_seconds = time.monotonic() - started
     report = report_error = None
