@@ -295,8 +295,11 @@ def cmd_drift(args: argparse.Namespace) -> int:
         return 0
     table = Table(title=f"Drift of the last {result.window_rows} predictions (window_size={cfg.window_size}), "
                         "computed now")
-    for col in ("feature", "type", "stat test", "score", "threshold", "drift", "missing", "unseen"):
-        table.add_column(col, justify="right" if col in ("score", "threshold", "missing", "unseen") else "left",
+    importance = result.importance_method  # the features come most important first
+    columns = ("feature", "type", "stat test", "score", "threshold", "drift", "missing", "unseen",
+               *((f"importance ({importance})",) if importance else ()))
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("feature", "type", "stat test", "drift") else "right",
                          no_wrap=col == "feature")
     for f in result.features.values():
         table.add_row(
@@ -304,6 +307,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
             "-" if f.score is None else f"{f.score:.4g}", "-" if f.threshold is None else f"{f.threshold:.4g}",
             "[red]yes" if f.detected else ("[green]no" if f.detected is False else f"[yellow]{f.error}"),
             f"{f.missing_share:.1%}", f"{f.unseen_share:.1%}",
+            *(("-" if f.importance is None else f"{f.importance:.3g}",) if importance else ()),
         )
     console.print(table)
     share = result.drift_share or 0.0

@@ -46,6 +46,7 @@ class FeatureDrift:
     missing_share: float
     unseen_share: float
     error: str | None = None
+    importance: float | None = None  # exporter.importance: set by the run, when the reference has one
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class DriftResult:
     skipped_reason: str | None = None
     multivariate: MultivariateDrift | None = None  # None: fewer than 2 features, or its computation failed (logged)
     segments: list[SegmentDrift] = field(default_factory=list)  # drift.segments unset: none
+    importance_method: str | None = None  # "permutation" or "native" when the features carry an importance
 
     @property
     def evaluated(self) -> list[FeatureDrift]:

@@ -337,6 +337,14 @@ def drift_families(result: DriftResult) -> Iterator[Metric]:
         threshold.add_metric([f.feature, f.stat_test], f.threshold)
         detected.add_metric([f.feature], 1.0 if f.detected else 0.0)
     yield from (score, threshold, detected, missing, unseen, errors)
+    if result.importance_method is not None:
+        importance = _gauge("model_feature_importance", "How much the model relies on the feature (permutation: the "
+                            "drop in accuracy, or rise in mean absolute error, when it is shuffled on the reference; "
+                            "native: the model's own importances, summed per feature).", labels=["feature", "method"])
+        for f in result.features.values():
+            if f.importance is not None:
+                importance.add_metric([f.feature, result.importance_method], f.importance)
+        yield importance
     if result.drift_share is not None:
         yield _gauge("model_dataset_drift_share", "Share of features drifted in the last run.", result.drift_share)
         yield _gauge("model_dataset_drifted_features", "Features drifted in the last run.", result.drifted_features)

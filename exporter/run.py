@@ -13,6 +13,7 @@ from typing import Any
 
 from exporter.drift import DriftResult, MethodOverride, Reference, compute_drift
 from exporter.estimation import LABEL, PROBABILITIES, EstimateResult, EstimationSetup, estimate_window
+from exporter.importance import Importance, ImportanceSetup
 from exporter.quality import QualityResult, quality
 from exporter.reference_check import ReferenceCheck
 from exporter.report import CachedReport, build_report
@@ -43,6 +44,8 @@ class JobSpec:
     estimation: EstimationSetup | None = None  # label-free quality estimation; fitted once where the runs happen
     reference_check: ReferenceCheck | None = None  # run once where the runs happen, after the first
     segments: SegmentReference | None = None  # drift.segments: drift per segment
+    importance: ImportanceSetup | None = None  # computed once where the runs happen (prepare), then dropped
+    importance_result: Importance | None = None
 
 
 @dataclass
@@ -67,6 +70,19 @@ def prepare(spec: JobSpec) -> None:
             log.error("quality estimation disabled: fitting it on the reference failed: %s: %s",
                       type(exc).__name__, exc)
             spec.estimation = None
+    if spec.importance is not None:
+        try:
+            spec.importance_result = spec.importance.compute()
+        except Exception as exc:
+            log.error("feature importance disabled: computing it on the reference failed: %s: %s",
+                      type(exc).__name__, exc)
+        if spec.importance_result is None:
+            log.warning("feature importance: none (the model has neither feature_importances_ nor coef_ and there "
+                        "is no target for permutation importance)")
+        else:
+            log.info("feature importance (%s) computed on %d reference rows in %.2f s",
+                     spec.importance_result.method, spec.importance_result.rows, spec.importance_result.seconds)
+        spec.importance = None  # the model and rows are not needed again
 
 
 def run_job(spec: JobSpec, store: PredictionStore) -> JobOutput:
@@ -89,6 +105,8 @@ def run_job(spec: JobSpec, store: PredictionStore) -> JobOutput:
             result = dataclasses.replace(result, segments=spec.segments.judge(window, spec.alpha, spec.overrides))
         except Exception as exc:  # the pooled drift of the run stands without it
             log.error("segment drift failed: %s: %s", type(exc).__name__, exc)
+    if spec.importance_result is not None and result.skipped_reason is None:
+        result = with_importance(result, spec.importance_result)
     quality_result = None
     if spec.with_quality:
         labelled = store.labelled_rows(spec.window_size, spec.model_version, features=bool(result.segments))
@@ -125,3 +143,12 @@ def run_job(spec: JobSpec, store: PredictionStore) -> JobOutput:
             report_error = f"{type(exc).__name__}: {exc}"
     return JobOutput(result, quality_result, report, report_error, compute_seconds,
                      time.monotonic() - report_started, estimate, estimate_seconds)
+
+
+def with_importance(result: DriftResult, importance: Importance) -> DriftResult:
+    """``result`` with each feature's importance, the features ordered by it (most important first)."""
+    values = importance.values
+    features = {name: dataclasses.replace(f, importance=values.get(name)) for name, f in result.features.items()}
+    ordered = dict(sorted(features.items(), key=lambda kv: -(kv[1].importance if kv[1].importance is not None
+                                                             else -float("inf"))))
+    return dataclasses.replace(result, features=ordered, importance_method=importance.method)

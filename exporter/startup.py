@@ -23,6 +23,8 @@ from exporter.drift import CATEGORICAL, NUMERICAL, MethodOverride, Reference
 from exporter.estimation import EstimationSetup, setup_from_reference
 from exporter.features import FeatureTypeError, FeatureTypes, category_text, read_reference
 from exporter.guard import RequestPathError, check_request_path
+from exporter.importance import ImportanceSetup
+from exporter.importance import setup as importance_setup
 from exporter.model import Model, plain
 from exporter.quality import quality
 from exporter.reference_check import ReferenceCheck
@@ -57,6 +59,7 @@ class Parts:
     reference_check: ReferenceCheck | None = None
     request_path_rows: int = 0  # reference rows that /predict was checked to answer as the model does
     segments: SegmentReference | None = None
+    importance: ImportanceSetup | None = None
 
     def job_spec(self, database_url: str | None = None) -> JobSpec:
         s = self.settings
@@ -79,6 +82,7 @@ class Parts:
             estimation=self.estimation,
             reference_check=self.reference_check,
             segments=self.segments,
+            importance=self.importance,
         )
 
 
@@ -179,7 +183,13 @@ def build(settings: Settings) -> Parts:
 
         segments = SegmentReference(reference, SegmentSpec(tuple(settings.drift.segments), settings.drift.max_segments,
                                                            settings.drift.segment_min_rows), quality_of)
-    return Parts(settings, model, record, reference, classes, baseline, estimation, check, checked, segments)
+    importance = None
+    if model is not None:
+        importance = importance_setup(model.estimator, settings.model.task, model.features, frame, target)
+    else:
+        log.info("feature importance: none in monitor-only mode (no model here to permute or read)")
+    return Parts(settings, model, record, reference, classes, baseline, estimation, check, checked, segments,
+                 importance)
 
 
 def _logged_classes(settings: Settings, predictions: pd.Series) -> list[Any]:

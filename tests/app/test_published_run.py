@@ -158,7 +158,7 @@ def test_runs_stored_by_an_older_or_a_newer_version_read_back(app: Any) -> None:
     del older["drift"]["segments"]
     newer = json.loads(json.dumps(doc))
     newer["drift"]["heatmap"] = {"island=Dream": {}}
-    newer["drift"]["features"]["bill_length_mm"]["importance"] = 0.3
+    newer["drift"]["features"]["bill_length_mm"]["shap_value"] = 0.3
     newer["quality"]["by_segment"] = {}
     newer["future_part"] = [1, 2]
     job = app.state.job

@@ -52,3 +52,4 @@ def test_realized_quality_per_segment_is_scikit_learns_on_its_rows(demo_dir: Pat
                       metric="accuracy")
         assert estimated is not None and low is not None and high is not None and low <= estimated <= high
     assert judged >= 2
+
