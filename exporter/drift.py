@@ -47,6 +47,10 @@ class FeatureDrift:
     unseen_share: float
     error: str | None = None
     importance: float | None = None  # exporter.importance: set by the run, when the reference has one
+    # The window's distribution and the reference's on the same terms: numbers, QUANTILES ("0.05" -> value); a
+    # category, the shares of the reference's TOP_CATEGORIES most frequent values and OTHER (missing left out).
+    distribution: dict[str, float] = field(default_factory=dict)
+    reference_distribution: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,11 @@ class DriftResult:
         )
 
 
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+TOP_CATEGORIES = 10  # a categorical feature's shares are published for these, fixed per reference, and OTHER
+OTHER = "__other__"
+
+
 class Columns:
     """Per-feature reference columns of a normalised frame: each feature's stats and numeric range. A feature with
     no values here has neither (``stats`` lacks it): the whole reference refuses that (Reference), a segment's rows
@@ -158,6 +167,30 @@ class Columns:
 
     def feature_type(self, name: str) -> str:
         return NUMERICAL if name in self.numerical else CATEGORICAL
+
+    def top_categories(self, name: str) -> list[Any]:
+        """The reference's TOP_CATEGORIES most frequent values of a categorical feature (ties: the first seen)."""
+        counts = self.stats[name].counts
+        return sorted(counts, key=lambda v: -counts[v])[:TOP_CATEGORIES]
+
+    def distribution(self, name: str, present: pd.Series) -> dict[str, float]:
+        """``present`` (a feature's values, missing dropped) as FeatureDrift.distribution describes."""
+        if present.empty:
+            return {}
+        if self.feature_type(name) == NUMERICAL:
+            values = np.quantile(present.to_numpy(dtype=float), QUANTILES)
+            return {f"{q:g}": float(v) for q, v in zip(QUANTILES, values, strict=True)}
+        top = self.top_categories(name)
+        shares = present.value_counts(normalize=True)
+        out = {str(v): float(shares.get(v, 0.0)) for v in top}
+        out[OTHER] = max(0.0, 1.0 - sum(out.values()))
+        return out
+
+    def reference_distribution(self, name: str) -> dict[str, float]:
+        cache = self.__dict__.setdefault("_reference_distributions", {})
+        if name not in cache:
+            cache[name] = self.distribution(name, self.stats[name].values)
+        return dict(cache[name])
 
 
 class Reference(Columns):
@@ -236,6 +269,8 @@ def feature_drift(
         unseen = int((~present.isin(reference.stats[name].unique)).sum())
     unseen_share = unseen / rows if rows else 0.0
 
+    window_shape, reference_shape = reference.distribution(name, present), reference.reference_distribution(name)
+
     def made(
         stat_test: str | None = None,
         display: str | None = None,
@@ -245,7 +280,7 @@ def feature_drift(
         error: str | None = None,
     ) -> FeatureDrift:
         return FeatureDrift(name, kind, stat_test, display, score, threshold, detected, missing_share, unseen_share,
-                            error)
+                            error, distribution=window_shape, reference_distribution=reference_shape)
 
     if present.empty:
         return made(error="no values in the window (all missing)")

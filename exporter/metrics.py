@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -337,6 +338,7 @@ def drift_families(result: DriftResult) -> Iterator[Metric]:
         threshold.add_metric([f.feature, f.stat_test], f.threshold)
         detected.add_metric([f.feature], 1.0 if f.detected else 0.0)
     yield from (score, threshold, detected, missing, unseen, errors)
+    yield from distribution_families(result.features.values(), [], [])
     if result.importance_method is not None:
         importance = _gauge("model_feature_importance", "How much the model relies on the feature (permutation: the "
                             "drop in accuracy, or rise in mean absolute error, when it is shuffled on the reference; "
@@ -414,6 +416,10 @@ def segment_families(result: DriftResult) -> Iterator[Metric]:
             threshold.add_metric([seg.segment_by, seg.segment, f.feature, f.stat_test], f.threshold)
             detected.add_metric([seg.segment_by, seg.segment, f.feature], 1.0 if f.detected else 0.0)
     yield from (rows, score, threshold, detected)
+    yield from distribution_families([f for seg in result.segments for f in seg.features.values()],
+                                     ["segment_by", "segment"],
+                                     [[seg.segment_by, seg.segment] for seg in result.segments
+                                      for _ in seg.features.values()])
     labels = ["segment_by", "segment", "metric"]
     quality = {
         "quality": _gauge("model_segment_quality", "Model quality on the segment's labelled rows (at least "
@@ -433,3 +439,24 @@ def segment_families(result: DriftResult) -> Iterator[Metric]:
             for part, family in estimated.items():
                 family.add_metric([seg.segment_by, seg.segment, metric], band[part])
     yield from (f for f in (*quality.values(), *estimated.values()) if f.samples)
+
+
+def distribution_families(features: Any, extra: list[str], extra_values: list[list[str]]) -> Iterator[Metric]:
+    """Each feature's distribution in the window and the reference on the same terms: quantiles of numbers, shares
+    of a category's reference top values and __other__. ``extra``: labels before the feature's (a segment's), with
+    one list of values per feature."""
+    prefix = "model_segment_" if extra else "model_"
+    quantile = _gauge(f"{prefix}feature_quantile", "Quantile of the numerical feature in the drift window "
+                      "(source=window) and in the reference (source=reference).",
+                      labels=[*extra, "feature", "quantile", "source"])
+    share = _gauge(f"{prefix}feature_category_share", "Share of a category among the feature's present values: the "
+                   "reference's 10 most frequent and __other__, in the window and the reference.",
+                   labels=[*extra, "feature", "category", "source"])
+    features = list(features)
+    for i, f in enumerate(features):
+        before = extra_values[i] if extra else []
+        family = quantile if f.feature_type == "numerical" else share
+        for source, values in (("window", f.distribution), ("reference", f.reference_distribution)):
+            for key, value in values.items():
+                family.add_metric([*before, f.feature, key, source], value)
+    yield from (family for family in (quantile, share) if family.samples)
