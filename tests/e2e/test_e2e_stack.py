@@ -207,7 +207,9 @@ NO_DATA_EXPECTED = {
     "demo classifies"
     for metric in ("mae", "rmse") for ref in "ABCDE"
 }
-VARIABLES = {"feature": SHIFTED, "segment_by": "island", "segment": "Biscoe",
+# The feature picker is multi-valued (Grafana sends a regex): a number and a category, so that the quantile and the
+# category-share panels both have data.
+VARIABLES = {"feature": f"({SHIFTED}|island)", "segment_by": "island", "segment": "Biscoe",
              "handler": "/predict", "__rate_interval": "1m", "__interval": "15s", "__range": "6h"}
 # Series Prometheus makes for every scrape target (not in any /metrics page).
 SCRAPE_SERIES = {
