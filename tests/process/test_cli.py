@@ -50,6 +50,10 @@ def test_simulate_then_drift_table(demo_dir: Path, tmp_path: Path) -> None:
     assert "no" in lines["bill_length_mm"]
     assert "Drift of the last 400 predictions" in table.stdout
     assert "multivariate drift: classifier" in table.stdout
+    # the demo has a target: permutation importance, its column last and the rows most important first
+    assert "importance (permutation)" in table.stdout
+    ranked = [float(line.split("│")[-2]) for line in lines.values() if line.split("│")[-2].strip() != "-"]
+    assert len(ranked) == 6 and ranked == sorted(ranked, reverse=True) and ranked[0] > 0.05
     accuracy = float(table.stdout.split("accuracy ")[1].split()[0])
     assert 0.35 < accuracy < 0.65  # half the labels were sent wrong on purpose
     # estimated without labels (so the wrong labels do not move it), with its 99% band
