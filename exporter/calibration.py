@@ -80,11 +80,28 @@ class NullModel:
             return float(stats.chi2.sf(t * m * spread, max(categories - 1, 1)))
         return math.sqrt(t * spread / 8)  # 8 JSD / (1/n + 1/m) -> Jensen-Shannon distance
 
+    def statistic_threshold(self, alpha: float, n: int, m: int) -> float:
+        """Chi-square: the threshold as the statistic itself (its p-value is ``threshold``). A large window against
+        a small reference puts that p-value below the smallest float, 0.0 as is a shifted window's: the verdict
+        compares statistics (the same degrees of freedom), which do not underflow."""
+        if self.test != "chisquare":
+            raise ValueError(f"no statistic threshold for {self.test!r}")
+        return float(stats.gamma.isf(alpha, self.shape, scale=self.scale)) * m * (1 / n + 1 / m)
+
 
 def calibrated_threshold(ref: ColumnStats, test: str, m: int, alpha: float) -> float:
     """The threshold of ``test`` on a window of ``m`` values that flags it with probability alpha under no drift.
     The no-drift model is simulated once per (test, window size on a 5 % grid) and kept on the reference column;
     it does not depend on alpha."""
+    return _null(ref, test, m).threshold(alpha, ref.rows, m, ref.unique_count)
+
+
+def calibrated_statistic_threshold(ref: ColumnStats, test: str, m: int, alpha: float) -> float:
+    """calibrated_threshold as the test's statistic (chi-square), for the verdict where the p-values underflow."""
+    return _null(ref, test, m).statistic_threshold(alpha, ref.rows, m)
+
+
+def _null(ref: ColumnStats, test: str, m: int) -> NullModel:
     if test not in CALIBRATED_TESTS:
         raise ValueError(f"no calibrated threshold for {test!r}")
     grid_m = window_grid(m)
@@ -92,7 +109,7 @@ def calibrated_threshold(ref: ColumnStats, test: str, m: int, alpha: float) -> f
     if model is None:
         rng = np.random.default_rng([zlib.crc32(test.encode()), ref.rows, grid_m])
         model = ref.null_models[(test, grid_m)] = null_model(ref, test, grid_m, rng)
-    return model.threshold(alpha, ref.rows, m, ref.unique_count)
+    return model
 
 
 def unseen_limit(n: int, alpha: float) -> float:

@@ -18,7 +18,13 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import ThreadpoolController
 
-from exporter.calibration import CALIBRATED_TESTS, calibrated_threshold, per_run_alpha, unseen_limit
+from exporter.calibration import (
+    CALIBRATED_TESTS,
+    calibrated_statistic_threshold,
+    calibrated_threshold,
+    per_run_alpha,
+    unseen_limit,
+)
 from exporter.features import category_texts
 from exporter.multivariate import DEFAULT_METHOD as MULTIVARIATE_METHOD
 from exporter.multivariate import MultivariateDrift, fit_multivariate
@@ -319,7 +325,10 @@ def judge(ref: ColumnStats, present: pd.Series, override: MethodOverride, alpha:
                 return TestResult(r.name, r.display, r.score, r.threshold, unseen_drift)
             r = judge(ref, present[shown], override, alpha)
             return TestResult(r.name, r.display, r.score, r.threshold, r.detected or unseen_drift)
-    return run_test(ref, present, override.method, calibrated_threshold(ref, test.name, len(present), alpha), test)
+    statistic_limit = (calibrated_statistic_threshold(ref, test.name, len(present), alpha)
+                       if test.name == "chisquare" else None)
+    return run_test(ref, present, override.method, calibrated_threshold(ref, test.name, len(present), alpha), test,
+                    statistic_limit)
 
 
 @functools.cache

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import chi2
 
 if TYPE_CHECKING:
     from evidently.legacy.core import ColumnType
@@ -135,9 +136,11 @@ def select_test(ref: ColumnStats, current: pd.Series, method: str | None = None)
 
 
 def run_test(ref: ColumnStats, current: pd.Series, method: str | None = None,
-             threshold: float | None = None, test: Any = None) -> TestResult:
+             threshold: float | None = None, test: Any = None,
+             statistic_threshold: float | None = None) -> TestResult:
     """Drift of ``current`` (missing values dropped) against the reference column; ``test`` when already chosen
-    by ``select_test``."""
+    by ``select_test``. ``statistic_threshold`` (chi-square over the reference's values): the verdict compares the
+    statistic with it, as a large window's p-value and its threshold both underflow to 0.0."""
     ev = evidently_stattests()
     test = test or select_test(ref, current, method)
     if method is None:
@@ -149,8 +152,11 @@ def run_test(ref: ColumnStats, current: pd.Series, method: str | None = None,
             score = _jensenshannon_categories(ref, current)
             return TestResult(test.name, test.display_name, score, limit, bool(score >= limit))
         if test is ev.chi_stat_test:
-            score = _chisquare_categories(ref, current)
-            return TestResult(test.name, test.display_name, score, limit, bool(score < limit))
+            statistic, df = _chisquare_statistic(ref, current)
+            score = float(chi2.sf(statistic, df))
+            same_df = df == max(ref.unique_count - 1, 1)  # the values are the reference's (calibrated mode)
+            drifted = statistic > statistic_threshold if statistic_threshold is not None and same_df else score < limit
+            return TestResult(test.name, test.display_name, score, limit, bool(drifted))
         if test is ev.z_stat_test:
             score = _z_proportions(ref, current)
             return TestResult(test.name, test.display_name, score, limit, bool(score < limit))
@@ -179,6 +185,11 @@ def _wasserstein_norm(ref: ColumnStats, current: pd.Series) -> float:
 def _chisquare_categories(ref: ColumnStats, current: pd.Series) -> float:
     """Evidently's chi-square p-value (``_chi_stat_test``): the window's counts against the reference's scaled to
     the window, over the values of both; a value the reference lacks gives an infinite statistic (p-value 0)."""
+    statistic, df = _chisquare_statistic(ref, current)
+    return float(chi2.sf(statistic, df))
+
+
+def _chisquare_statistic(ref: ColumnStats, current: pd.Series) -> tuple[float, int]:
     current_counts = dict(current.value_counts())
     keys = list(ref.unique | set(current_counts))
     k_norm = len(current) / ref.rows
@@ -186,9 +197,7 @@ def _chisquare_categories(ref: ColumnStats, current: pd.Series) -> float:
     observed = np.array([current_counts.get(k, 0) for k in keys], dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
         statistic = float(((observed - expected) ** 2 / expected).sum())
-    from scipy.stats import chi2
-
-    return float(chi2.sf(statistic, len(keys) - 1))
+    return statistic, len(keys) - 1
 
 
 def _z_proportions(ref: ColumnStats, current: pd.Series) -> float:

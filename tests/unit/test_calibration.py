@@ -82,6 +82,26 @@ def test_calibrated_mode_catches_a_shift_and_keeps_quiet_on_fresh_rows() -> None
     assert pinned.features["x"].threshold == 0.001 and pinned.features["x"].detected
 
 
+def test_a_large_window_against_a_small_reference_is_judged_past_float_underflow() -> None:
+    """Chi-square with 1000 reference rows and a 100k-row window: the calibrated p-value threshold is below the
+    smallest float, as is a shifted window's p-value (both 0.0); the verdict compares log p-values, so the shift
+    is caught and fresh rows still are not."""
+    rng = np.random.default_rng(5)
+    levels, shares = list("abcdef"), np.array([0.3, 0.25, 0.2, 0.12, 0.08, 0.05])
+
+    def frame(rows: int, p: np.ndarray) -> pd.DataFrame:
+        return pd.DataFrame({"c": rng.choice(levels, p=p, size=rows)})
+
+    reference = Reference(frame(1000, shares), [], ["c"])
+    alpha = per_run_alpha(0.01, 60)
+    shifted = compute_drift(reference, frame(100_000, shares[::-1]), alpha=alpha).features["c"]
+    assert shifted.stat_test == "chisquare" and shifted.score == 0.0 and shifted.threshold == 0.0
+    assert shifted.detected
+    for _ in range(5):
+        fresh = compute_drift(reference, frame(100_000, shares), alpha=alpha).features["c"]
+        assert fresh.threshold == 0.0 and not fresh.detected
+
+
 def test_threshold_follows_the_window_and_reference_sizes() -> None:
     rng = np.random.default_rng(5)
     ref = ColumnStats(pd.Series(rng.normal(size=5000)), NUMERICAL)
