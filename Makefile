@@ -63,7 +63,8 @@ bench-detection: $(STAMP)
 
 # Side by side with NannyML 0.13.1 (docs/peers.md) -> benchmarks/peers.json. NannyML runs in its own venv, made from
 # the pinned file; `-I` keeps this repository (and so our code) off its sys.path. Its output is kept in a gitignored
-# folder; ours then runs on the same chunks. 3-4 minutes on 2 cores (plus 1 to make the venv the first time).
+# folder; ours then runs on the same chunks. Then the drift computation beside NannyML's and alibi-detect's
+# (benchmarks/peers_drift.json). About 7 minutes on 2 cores (plus 2 to make the venvs the first time).
 PEERS_VENV = .venv-peers/nannyml
 PEERS_DATA = benchmarks/peers/.data
 
@@ -72,9 +73,18 @@ $(PEERS_VENV)/.installed: benchmarks/peers/nannyml_requirements.txt
 	$(PEERS_VENV)/bin/python -m pip install --quiet -r $<
 	@touch $@
 
-bench-peers: $(STAMP) $(PEERS_VENV)/.installed
+# alibi-detect's own venv, for the drift-computation side by side (benchmarks/peers/drift_peers.py).
+ALIBI_VENV = .venv-peers/alibi
+
+$(ALIBI_VENV)/.installed: benchmarks/peers/alibi_requirements.txt
+	$(PYTHON) -m venv $(ALIBI_VENV)
+	$(ALIBI_VENV)/bin/python -m pip install --quiet -r $<
+	@touch $@
+
+bench-peers: $(STAMP) $(PEERS_VENV)/.installed $(ALIBI_VENV)/.installed
 	$(PEERS_VENV)/bin/python -I benchmarks/peers/nannyml_side.py $(PEERS_DATA)
 	$(PY) -m benchmarks.peers.compare --data $(PEERS_DATA)
+	$(PY) -m benchmarks.peers.drift_peers
 
 clean:
 	rm -rf $(VENV) .exporter .pytest_cache
