@@ -81,10 +81,19 @@ $(ALIBI_VENV)/.installed: benchmarks/peers/alibi_requirements.txt
 	$(ALIBI_VENV)/bin/python -m pip install --quiet -r $<
 	@touch $@
 
-bench-peers: $(STAMP) $(PEERS_VENV)/.installed $(ALIBI_VENV)/.installed
+# The serving peers (benchmarks/peers/serving.py): MLServer and BentoML, each in its venv; the load from Debian's hey.
+.venv-peers/%/.installed: benchmarks/peers/%_requirements.txt
+	$(PYTHON) -m venv .venv-peers/$*
+	.venv-peers/$*/bin/python -m pip install --quiet -r $<
+	@touch $@
+
+bench-peers: $(STAMP) $(PEERS_VENV)/.installed $(ALIBI_VENV)/.installed .venv-peers/mlserver/.installed \
+		.venv-peers/bentoml/.installed
 	$(PEERS_VENV)/bin/python -I benchmarks/peers/nannyml_side.py $(PEERS_DATA)
 	$(PY) -m benchmarks.peers.compare --data $(PEERS_DATA)
 	$(PY) -m benchmarks.peers.drift_peers
+	@command -v hey >/dev/null || { echo "hey is missing: sudo apt-get install hey"; exit 1; }
+	$(PY) -m benchmarks.peers.serving
 
 clean:
 	rm -rf $(VENV) .exporter .pytest_cache
