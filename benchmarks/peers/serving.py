@@ -59,13 +59,14 @@ def free_port() -> int:
 
 class Peer:
     def __init__(self, name: str, command: list[str], url: str, health: str, body: dict[str, Any], cwd: Path,
-                 env: dict[str, str] | None = None) -> None:
+                 logs: Path, env: dict[str, str] | None = None) -> None:
         self.name, self.command, self.url, self.health, self.body = name, command, url, health, body
         self.cwd, self.env = cwd, {**os.environ, "DO_NOT_TRACK": "1", **(env or {})}
+        self.log_path = logs / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.log = (self.cwd / f"{self.name}.log").open("wb")
+        self.log = self.log_path.open("wb")
         self.proc = subprocess.Popen(self.command, cwd=self.cwd, env=self.env, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -76,7 +77,7 @@ class Peer:
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited: {(self.cwd / f'{self.name}.log').read_text()[-3000:]}")
+                raise RuntimeError(f"{self.name} exited: {self.log_path.read_text()[-3000:]}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(self.health, timeout=2).status_code == 200:
                     answer = httpx.post(self.url, json=self.body, timeout=30)
@@ -136,18 +137,18 @@ def peers(tmp: Path, model: Path, config: Path) -> list[Peer]:
     return [
         Peer("ours", [sys.executable, "-m", "exporter.cli", "serve", "--config", str(config), "--host", "127.0.0.1",
                       "--port", str(ours_port)], f"http://127.0.0.1:{ours_port}/predict",
-             f"http://127.0.0.1:{ours_port}/healthz", RECORD, config.parent),
+             f"http://127.0.0.1:{ours_port}/healthz", RECORD, config.parent, tmp),
         Peer("mlserver", [str(VENVS / "mlserver" / "bin" / "mlserver"), "start", str(mls)],
              f"http://127.0.0.1:{mls_port}/v2/models/penguins/infer", f"http://127.0.0.1:{mls_port}/v2/health/ready",
-             v2_body(), tmp),
+             v2_body(), tmp, tmp),
         Peer("bentoml", [str(VENVS / "bentoml" / "bin" / "bentoml"), "serve", "bentoml_service:Penguins", "--host",
                          "127.0.0.1", "--port", str(bento_port)], f"http://127.0.0.1:{bento_port}/predict",
-             f"http://127.0.0.1:{bento_port}/readyz", {"records": [list(RECORD.values())]}, HERE / "serving",
+             f"http://127.0.0.1:{bento_port}/readyz", {"records": [list(RECORD.values())]}, HERE / "serving", tmp,
              {"MODEL_PATH": str(model)}),
         Peer("fastapi", [str(VENVS / "mlserver" / "bin" / "python"), "-m", "uvicorn", "plain_fastapi:app", "--host",
                          "127.0.0.1", "--port", str(fast_port), "--no-access-log"],
              f"http://127.0.0.1:{fast_port}/predict", f"http://127.0.0.1:{fast_port}/healthz", RECORD,
-             HERE / "serving", {"MODEL_PATH": str(model), "DB_PATH": str(tmp / "fastapi.db")}),
+             HERE / "serving", tmp, {"MODEL_PATH": str(model), "DB_PATH": str(tmp / "fastapi.db")}),
     ]
 
 
