@@ -258,10 +258,12 @@ def main(argv: list[str] | None = None) -> int:
            "servers": table, "ratios": ratios}
     OUT.write_text(json.dumps(doc, indent=1) + "\n")
     if RESULTS.exists():  # the keys of the benchmark suite's results, beside its own
+        from benchmarks.common import write_json
+
         results = json.loads(RESULTS.read_text())
         results.update(ratios)
         results["peer_lone_p50_over_model_ms"] = doc["lone_p50_over_model_ms"]
-        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+        write_json(RESULTS, results)
     print(render(doc))
     return 0
 
