@@ -56,23 +56,6 @@ class Stream:
         return self.window
 
 
-def _alerts(flags: list[bool]) -> int:
-    count = streak = 0
-    for flagged in flags:
-        streak = streak + 1 if flagged else 0
-        count += streak == FOR_RUNS
-    return count
-
-
-def _first(flags: list[bool]) -> int | None:
-    streak = 0
-    for run, flagged in enumerate(flags, 1):
-        streak = streak + 1 if flagged else 0
-        if streak == FOR_RUNS:
-            return run
-    return None
-
-
 def _setup(rng: np.random.Generator) -> tuple[Any, Any]:
     from exporter.drift import Reference
     from exporter.segments import SegmentReference, SegmentSpec
@@ -83,7 +66,7 @@ def _setup(rng: np.random.Generator) -> tuple[Any, Any]:
 
 def stationary(seeds: int, runs: int) -> dict[str, Any]:
     """False segment alerts per feature-month (a feature's segments together), default and check budgets."""
-    from benchmarks.detection import poisson_interval
+    from benchmarks.detection import alerts, poisson_interval
 
     alphas = {"calibrated": BUDGET / RUNS_PER_MONTH, "check": CHECK_BUDGET / RUNS_PER_MONTH}
     started = time.monotonic()
@@ -104,7 +87,7 @@ def stationary(seeds: int, runs: int) -> dict[str, Any]:
                         flagged_runs[mode] += bool(f.detected)
                         tests += mode == "check"
         for mode in alphas:
-            counts[mode] += sum(_alerts(seq) for seq in flags[mode].values())
+            counts[mode] += sum(alerts(seq, FOR_RUNS) for seq in flags[mode].values())
     feature_months = seeds * runs * len(TESTED) / RUNS_PER_MONTH
     out: dict[str, Any] = {"seeds": seeds, "runs_per_seed": runs, "reference_rows": REFERENCE_ROWS,
                            "feature_months": round(feature_months, 4), "segment_tests": tests,
@@ -118,7 +101,7 @@ def stationary(seeds: int, runs: int) -> dict[str, Any]:
 
 def delays(change: str, seeds: int, cap: int) -> dict[str, Any]:
     """Runs from the change to the first segment alert on ``normal`` (and which segment) and to the pooled alert."""
-    from benchmarks.detection import summary
+    from benchmarks.detection import first_alert, summary
     from exporter.drift import compute_drift
 
     shifted, shift = CHANGES[change]
@@ -136,11 +119,11 @@ def delays(change: str, seeds: int, cap: int) -> dict[str, Any]:
         for _ in range(cap):
             window = stream.run(shifted, shift)
             pooled.append(bool(compute_drift(reference, window, alpha=alpha, min_rows=1).features["normal"].detected))
-            pool_fired = pool_fired or _first(pooled)
+            pool_fired = pool_fired or first_alert(pooled, FOR_RUNS)
             for seg in segments.judge(window, alpha):
                 for name, f in seg.features.items():
                     per_segment.setdefault((seg.segment, name), []).append(bool(f.detected))
-            fired = {key: _first(seq) for key, seq in per_segment.items()}
+            fired = {key: first_alert(seq, FOR_RUNS) for key, seq in per_segment.items()}
             if seg_fired is None:
                 hits = [k for k, v in fired.items() if v is not None]
                 if hits:

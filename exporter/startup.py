@@ -147,19 +147,23 @@ def build(settings: Settings) -> Parts:
     except ValueError as exc:
         raise StartupError(f"{ref_path}: {exc}") from exc
     baseline: dict[str, float] = {}
-    estimation = check = None
+    estimation = check = quality_of = None
     target = settings.target
     if target is not None:
         if target not in frame.columns:
             raise StartupError(f"{ref_path}: reference data lacks the target column {target!r}")
-        labelled = frame[target].notna()
-        baseline = quality(
-            settings.model.task,
-            frame.loc[labelled, target].tolist(),
-            predictions[labelled].tolist(),
-            None if probabilities is None else [p for p, ok in zip(probabilities, labelled, strict=True) if ok],
-            classes,
-        ).metrics
+        labelled = frame[target].notna().to_numpy()
+
+        def quality_of(mask: np.ndarray) -> dict[str, float]:
+            """The model's quality on the labelled reference rows ``mask`` picks: the baseline, of all or of a
+            segment."""
+            pick = mask & labelled
+            return quality(settings.model.task, frame.loc[pick, target].tolist(), predictions[pick].tolist(),
+                           None if probabilities is None else [p for p, ok in zip(probabilities, pick, strict=True)
+                                                               if ok],
+                           classes).metrics
+
+        baseline = quality_of(np.ones(len(frame), dtype=bool))
         if settings.model.task == "classification" and probabilities is None and model is None:
             log.warning("quality estimation off: it needs the model's probabilities on the reference "
                         "(reference.probability_columns)")
@@ -170,17 +174,6 @@ def build(settings: Settings) -> Parts:
             check = ReferenceCheck.of(str(model_path), settings.model.task, frame, model.features, target, predictions)
     segments = None
     if settings.drift.segments:
-        quality_of = None
-        if target is not None:
-            labelled_rows = frame[target].notna().to_numpy()
-
-            def quality_of(mask: np.ndarray) -> dict[str, float]:
-                pick = mask & labelled_rows
-                return quality(settings.model.task, frame.loc[pick, target].tolist(), predictions[pick].tolist(),
-                               None if probabilities is None else [p for p, ok in zip(probabilities, pick,
-                                                                                      strict=True) if ok],
-                               classes).metrics
-
         segments = SegmentReference(reference, SegmentSpec(tuple(settings.drift.segments), settings.drift.max_segments,
                                                            settings.drift.segment_min_rows), quality_of)
     importance = None
